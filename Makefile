@@ -1,0 +1,40 @@
+# One entry point for people and CI. `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel by default; CUDA users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.kembed-installed
+
+.PHONY: setup serve serve-predictor test lint bench tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(STAMP)
+
+# Predictor and transformer together on this machine (ports in README); Ctrl-C stops both.
+serve: setup
+	$(VENV)/bin/python -m scripts.serve_stack
+
+serve-predictor: setup
+	$(PY) -m predictor
+
+tools: setup
+	bash scripts/fetch-kubectl.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup tools lint
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench.predictor
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache

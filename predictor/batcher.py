@@ -1,0 +1,207 @@
+"""Dynamic batching: many small requests become few, dense forward passes.
+
+Requests are split into items (one token-id row each) that wait in one bounded queue. One asyncio
+loop forms batches of at most `max_batch_size` items and `max_batch_tokens` padded tokens, waiting
+at most `max_latency_ms` after the oldest item arrived. A batch is built around the oldest item
+(so nothing starves) from the waiting items nearest to it in length (so padding stays small).
+Forward passes run on one worker thread; up to `pipeline_depth` batches are handed to it, so the
+next batch is formed while one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from predictor import metrics
+
+Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+class QueueFull(Exception):
+    """The queue cannot take a request's items; the client should retry after a pause."""
+
+    def __init__(self, waiting: int, capacity: int, retry_after_s: int):
+        super().__init__(
+            f"embedding queue is full ({waiting} of {capacity} items waiting); "
+            f"retry after {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosed(Exception):
+    """The batcher no longer accepts work (the server is shutting down)."""
+
+
+@dataclass(eq=False)
+class _Item:
+    ids: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_latency_ms: float = 5.0
+    queue_size: int = 2048
+    pipeline_depth: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_batch_tokens", "queue_size", "pipeline_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_latency_ms < 0:
+            raise ValueError("max_latency_ms must not be negative")
+
+
+def padded_tokens(lengths: Sequence[int]) -> int:
+    return len(lengths) * max(lengths) if lengths else 0
+
+
+def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
+    """Indices of the next batch among waiting items (index 0 is the oldest).
+
+    The oldest item is always taken; the others are added nearest-length first while the batch
+    stays within the item and padded-token budgets.
+    """
+    anchor = lengths[0]
+    order = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
+    chosen = [0]
+    longest = anchor
+    for index in order:
+        if len(chosen) >= limits.max_batch_size:
+            break
+        candidate_longest = max(longest, lengths[index])
+        if candidate_longest * (len(chosen) + 1) > limits.max_batch_tokens:
+            continue
+        chosen.append(index)
+        longest = candidate_longest
+    return sorted(chosen)
+
+
+class Batcher:
+    def __init__(self, forward: Forward, limits: BatchLimits, model_name: str = "model"):
+        self._forward = forward
+        self.limits = limits
+        self._pending: list[_Item] = []
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kembed-forward")
+        self._slots = asyncio.Semaphore(limits.pipeline_depth)
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Future[np.ndarray]] = set()
+        self._closed = False
+        self._labels = {"model": model_name}
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
+        self._inflight = metrics.INFLIGHT.labels(**self._labels)
+        self.last_batch_seconds = 0.05
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    async def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Embeds rows of token ids; returns [len(rows), D] in the same order."""
+        if self._closed:
+            raise BatcherClosed("the embedding queue is closed: the server is shutting down")
+        if len(self._pending) + len(rows) > self.limits.queue_size:
+            raise QueueFull(len(self._pending), self.limits.queue_size, self._retry_after())
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="kembed-batcher")
+        loop = asyncio.get_running_loop()
+        items = [_Item(np.asarray(row), loop.create_future()) for row in rows]
+        self._pending.extend(items)
+        self._queue_depth.set(len(self._pending))
+        self._wakeup.set()
+        return np.stack(await asyncio.gather(*(item.future for item in items)))
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has likely drained: batches needed x time per batch."""
+        batches = self.limits.queue_size / self.limits.max_batch_size
+        return max(1, round(batches * self.last_batch_seconds))
+
+    async def drain(self) -> None:
+        """Stops taking work and waits until everything accepted has been answered."""
+        self._closed = True
+        while self._pending or self._running:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            await self._slots.acquire()
+            await self._wait_for_batch()
+            self._pending = [item for item in self._pending if not item.future.done()]
+            if not self._pending:
+                self._wakeup.clear()
+                self._slots.release()
+                self._queue_depth.set(0)
+                continue
+            batch = self._take_batch()
+            future = loop.run_in_executor(self._executor, self._timed_forward, batch)
+            self._running.add(future)
+            future.add_done_callback(lambda done, batch=batch: self._deliver(done, batch))
+
+    async def _wait_for_batch(self) -> None:
+        """Waits until a full batch is waiting or the oldest item's latency window is over."""
+        window = self.limits.max_latency_ms / 1000
+        while self._pending and not self._closed:
+            if len(self._pending) >= self.limits.max_batch_size:
+                return
+            if sum(len(item.ids) for item in self._pending) >= self.limits.max_batch_tokens:
+                return
+            remaining = self._pending[0].enqueued + window - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Item]:
+        chosen = select_batch([len(item.ids) for item in self._pending], self.limits)
+        chosen_set = set(chosen)
+        batch = [self._pending[i] for i in chosen]
+        self._pending = [item for i, item in enumerate(self._pending) if i not in chosen_set]
+        if not self._pending:
+            self._wakeup.clear()
+        self._queue_depth.set(len(self._pending))
+        self._inflight.inc(len(batch))
+        lengths = [len(item.ids) for item in batch]
+        metrics.BATCH_SIZE.labels(**self._labels).observe(len(batch))
+        metrics.BATCH_TOKENS.labels(**self._labels).observe(padded_tokens(lengths))
+        return batch
+
+    def _timed_forward(self, batch: list[_Item]) -> np.ndarray:
+        started = time.perf_counter()
+        result = self._forward([item.ids for item in batch])
+        self.last_batch_seconds = time.perf_counter() - started
+        return result
+
+    def _deliver(self, done: asyncio.Future[np.ndarray], batch: list[_Item]) -> None:
+        self._running.discard(done)
+        self._slots.release()
+        self._inflight.dec(len(batch))
+        error = done.exception()
+        for row, item in enumerate(batch):
+            if item.future.done():  # the caller went away
+                continue
+            if error is not None:
+                item.future.set_exception(error)
+            else:
+                item.future.set_result(done.result()[row])

@@ -1,0 +1,251 @@
+"""The V2 contract between kembed's parts: tensor names, dtypes, parameters, and codecs.
+
+The transformer and the eventing service import this module; nothing else crosses packages.
+Everything is built on kserve's own ``InferRequest``/``InferResponse`` so REST JSON, REST binary
+and gRPC all decode the same way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    to_http_parameters,
+)
+
+TEXT = "text"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+EMBEDDING = "embedding"
+
+BYTES = "BYTES"
+INT64 = "INT64"
+FP32 = "FP32"
+
+NORMALIZE = "normalize"
+DIMENSIONS = "dimensions"
+
+
+def input_metadata() -> list[dict[str, Any]]:
+    """What `/v2/models/{name}` lists as inputs: either `text`, or the two token tensors."""
+    return [
+        {"name": TEXT, "datatype": BYTES, "shape": [-1]},
+        {"name": INPUT_IDS, "datatype": INT64, "shape": [-1, -1]},
+        {"name": ATTENTION_MASK, "datatype": INT64, "shape": [-1, -1]},
+    ]
+
+
+def output_metadata(dimension: int) -> list[dict[str, Any]]:
+    return [{"name": EMBEDDING, "datatype": FP32, "shape": [-1, dimension]}]
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Per-request parameters. ``None`` means "use the model's default"."""
+
+    normalize: bool | None = None
+    dimensions: int | None = None
+
+    def to_parameters(self) -> dict[str, bool | int]:
+        params: dict[str, bool | int] = {}
+        if self.normalize is not None:
+            params[NORMALIZE] = self.normalize
+        if self.dimensions is not None:
+            params[DIMENSIONS] = self.dimensions
+        return params
+
+
+def _parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidInput(f"parameter '{name}' must be a boolean, got {value!r}")
+
+
+def parse_options(parameters: Mapping[str, Any] | None, max_dimension: int) -> EmbedOptions:
+    """Reads `normalize` and `dimensions` from V2 request parameters (REST dict or gRPC map)."""
+    if not parameters:
+        return EmbedOptions()
+    params = to_http_parameters(parameters)
+    normalize = params.get(NORMALIZE)
+    dimensions = params.get(DIMENSIONS)
+    if normalize is not None:
+        normalize = _parse_bool(NORMALIZE, normalize)
+    if dimensions is not None:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+            raise InvalidInput(
+                f"parameter '{DIMENSIONS}' must be an integer, got {dimensions!r}"
+            )
+        if not 1 <= dimensions <= max_dimension:
+            raise InvalidInput(
+                f"parameter '{DIMENSIONS}' must be between 1 and {max_dimension}, got {dimensions}"
+            )
+    return EmbedOptions(normalize=normalize, dimensions=dimensions)
+
+
+def _check_batch(name: str, count: int, max_items: int) -> None:
+    if count == 0:
+        raise InvalidInput(f"input '{name}' is empty: expected at least one item")
+    if count > max_items:
+        raise InvalidInput(
+            f"input '{name}' has {count} items: at most {max_items} are accepted per request"
+        )
+
+
+def decode_texts(tensor: InferInput, max_items: int) -> list[str]:
+    """`text` BYTES [B] as Python strings. REST JSON gives `str`, gRPC and binary give `bytes`."""
+    if tensor.datatype != BYTES:
+        raise InvalidInput(f"input '{TEXT}' must have datatype {BYTES}, got {tensor.datatype}")
+    if len(tensor.shape) != 1:
+        raise InvalidInput(f"input '{TEXT}' must have shape [B], got {list(tensor.shape)}")
+    values = tensor.as_numpy().reshape(-1) if tensor.data is None else _flatten(tensor.data)
+    if len(values) != tensor.shape[0]:
+        raise InvalidInput(
+            f"input '{TEXT}' declares shape {list(tensor.shape)} but carries {len(values)} items"
+        )
+    _check_batch(TEXT, len(values), max_items)
+    texts = []
+    for index, value in enumerate(values):
+        if isinstance(value, bytes | np.bytes_):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"input '{TEXT}' item {index} is not valid UTF-8") from exc
+        if not isinstance(value, str):
+            raise InvalidInput(f"input '{TEXT}' item {index} must be a string")
+        if not value.strip():
+            raise InvalidInput(f"input '{TEXT}' item {index} is empty")
+        texts.append(value)
+    return texts
+
+
+def _flatten(data: object) -> list[Any]:
+    if isinstance(data, list | tuple):
+        out: list[Any] = []
+        for item in data:
+            out.extend(_flatten(item) if isinstance(item, list | tuple) else [item])
+        return out
+    return [data]
+
+
+def _int_matrix(tensor: InferInput) -> np.ndarray:
+    if tensor.datatype != INT64:
+        raise InvalidInput(
+            f"input '{tensor.name}' must have datatype {INT64}, got {tensor.datatype}"
+        )
+    if len(tensor.shape) != 2:
+        raise InvalidInput(f"input '{tensor.name}' must have shape [B, L], got {tensor.shape}")
+    try:
+        array = tensor.as_numpy()
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"input '{tensor.name}' data does not match shape {list(tensor.shape)} of integers"
+        ) from exc
+    return array
+
+
+def decode_tokens(request: InferRequest, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """`input_ids` and `attention_mask` INT64 [B, L], checked against each other."""
+    ids_tensor = request.get_input_by_name(INPUT_IDS)
+    mask_tensor = request.get_input_by_name(ATTENTION_MASK)
+    if ids_tensor is None or mask_tensor is None:
+        raise InvalidInput(f"inputs '{INPUT_IDS}' and '{ATTENTION_MASK}' must be sent together")
+    ids = _int_matrix(ids_tensor)
+    mask = _int_matrix(mask_tensor)
+    if ids.shape != mask.shape:
+        raise InvalidInput(
+            f"input '{ATTENTION_MASK}' shape {list(mask.shape)} must equal "
+            f"'{INPUT_IDS}' shape {list(ids.shape)}"
+        )
+    _check_batch(INPUT_IDS, ids.shape[0], max_items)
+    if ids.shape[1] == 0:
+        raise InvalidInput(f"input '{INPUT_IDS}' has no tokens: expected shape [B, L] with L > 0")
+    if not np.isin(mask, (0, 1)).all():
+        raise InvalidInput(f"input '{ATTENTION_MASK}' must contain only 0 and 1")
+    if (mask.sum(axis=1) == 0).any():
+        raise InvalidInput(f"input '{ATTENTION_MASK}' has a row with no tokens")
+    return ids, mask
+
+
+def check_input_names(request: InferRequest) -> None:
+    names = [tensor.name for tensor in request.inputs]
+    known = {TEXT, INPUT_IDS, ATTENTION_MASK}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise InvalidInput(
+            f"unknown input(s) {unknown}: expected '{TEXT}' or '{INPUT_IDS}' + '{ATTENTION_MASK}'"
+        )
+    if not names:
+        raise InvalidInput(f"no inputs: expected '{TEXT}' or '{INPUT_IDS}' + '{ATTENTION_MASK}'")
+    if TEXT in names and len(names) > 1:
+        raise InvalidInput(f"send either '{TEXT}' or '{INPUT_IDS}' + '{ATTENTION_MASK}', not both")
+    if len(names) != len(set(names)):
+        raise InvalidInput(f"duplicate input names {names}")
+
+
+def text_request(
+    model_name: str, texts: Sequence[str], options: EmbedOptions = EmbedOptions()
+) -> InferRequest:
+    tensor = InferInput(TEXT, [len(texts)], BYTES, data=list(texts))
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=[tensor],
+        request_id=str(uuid.uuid4()),
+        parameters=options.to_parameters() or None,
+    )
+
+
+def token_request(
+    model_name: str,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    options: EmbedOptions = EmbedOptions(),
+    binary: bool = True,
+) -> InferRequest:
+    """Token tensors for the predictor. ``binary`` sends raw little-endian bytes (V2 binary
+    extension over REST, raw contents over gRPC) instead of JSON number arrays."""
+    tensors = []
+    for name, array in ((INPUT_IDS, input_ids), (ATTENTION_MASK, attention_mask)):
+        tensor = InferInput(name, list(array.shape), INT64)
+        tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.int64), binary_data=binary)
+        tensors.append(tensor)
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=tensors,
+        request_id=str(uuid.uuid4()),
+        parameters=options.to_parameters() or None,
+        request_outputs=[RequestedOutput(EMBEDDING, {"binary_data": True})] if binary else None,
+    )
+
+
+def embedding_response(
+    request: InferRequest, model_name: str, embeddings: np.ndarray
+) -> InferResponse:
+    """`embedding` FP32 [B, D]; binary on the wire when the caller asked for binary outputs."""
+    output = InferOutput(EMBEDDING, list(embeddings.shape), FP32)
+    output.set_data_from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32), binary_data=True)
+    return InferResponse(
+        response_id=request.id or str(uuid.uuid4()),
+        model_name=model_name,
+        infer_outputs=[output],
+        use_binary_outputs=request.use_binary_outputs,
+        requested_outputs=request.request_outputs,
+    )
+
+
+def embeddings_from_response(response: InferResponse) -> np.ndarray:
+    output = response.get_output_by_name(EMBEDDING)
+    if output is None:
+        raise InvalidInput(f"response has no output named '{EMBEDDING}'")
+    return output.as_numpy().astype(np.float32, copy=False)

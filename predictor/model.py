@@ -1,0 +1,133 @@
+"""The KServe predictor: V2 in, pooled embeddings out, through the dynamic batcher."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from predictor import contract, metrics
+from predictor.batcher import Batcher, BatchLimits
+from predictor.encoder import Encoder, finish
+from predictor.model_spec import ModelSpec, read_model_spec
+from predictor.tokenization import TextTokenizer
+
+logger = logging.getLogger("kembed.predictor")
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    model_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    pooling: str = "auto"
+    max_seq_length: int = 0
+    truncate: bool = True
+    threads: int = 0
+    max_items_per_request: int = 256
+    limits: BatchLimits = field(default_factory=BatchLimits)
+
+
+class EmbeddingModel(Model):
+    def __init__(self, name: str, settings: PredictorSettings):
+        super().__init__(name)
+        self.settings = settings
+        self.spec: ModelSpec | None = None
+        self.tokenizer: TextTokenizer | None = None
+        self.batcher: Batcher | None = None
+        self.device = "cpu"
+
+    def load(self) -> bool:
+        """Loads the encoder and runs one warm-up pass; only then is the model ready."""
+        import torch
+
+        from predictor.resources import fit_thread_count, resolve_device, resolve_dtype
+
+        started = time.perf_counter()
+        settings = self.settings
+        self.spec = read_model_spec(settings.model_dir, settings.pooling, settings.max_seq_length)
+        if settings.limits.max_batch_tokens < self.spec.max_seq_length:
+            raise ValueError(
+                f"max_batch_tokens ({settings.limits.max_batch_tokens}) must be at least "
+                f"max_seq_length ({self.spec.max_seq_length})"
+            )
+        self.device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, self.device)
+        threads = fit_thread_count(settings.threads)
+        torch.set_num_threads(threads)
+        self.tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
+        encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id)
+        encoder(self.tokenizer.encode(["kembed warm-up pass"] * 2))
+        self.batcher = Batcher(encoder, settings.limits, self.name)
+        seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)
+        if self.device.startswith("cuda"):
+            metrics.GPU_MEMORY.labels(model=self.name).set_function(encoder.memory_bytes)
+        logger.info(
+            "loaded %s on %s (%s, %d threads, pooling=%s, dim=%d, max_seq_length=%d) in %.2fs",
+            settings.model_dir, self.device, dtype, threads, self.spec.pooling,
+            self.spec.dimension, self.spec.max_seq_length, seconds,
+        )
+        self.ready = True
+        return self.ready
+
+    def start(self) -> None:
+        """kserve's default start() marks the model ready at once; ours is ready after load()."""
+
+    def stop(self) -> None:
+        self.ready = False
+
+    def get_input_types(self) -> list[dict]:
+        return contract.input_metadata()
+
+    def get_output_types(self) -> list[dict]:
+        return contract.output_metadata(self.spec.dimension if self.spec else -1)
+
+    async def predict(
+        self,
+        payload: InferRequest | dict,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
+        assert self.spec is not None and self.tokenizer is not None and self.batcher is not None
+        contract.check_input_names(payload)
+        options = contract.parse_options(payload.parameters, self.spec.dimension)
+        max_items = self.settings.max_items_per_request
+        text = payload.get_input_by_name(contract.TEXT)
+        if text is not None:
+            rows = self.tokenizer.encode(contract.decode_texts(text, max_items), contract.TEXT)
+        else:
+            rows = self._rows_from_tokens(*contract.decode_tokens(payload, max_items))
+        embeddings = await self.batcher.embed(rows)
+        normalize = self.spec.normalize if options.normalize is None else options.normalize
+        embeddings = finish(embeddings, normalize, options.dimensions)
+        return contract.embedding_response(payload, self.name, embeddings)
+
+    def _rows_from_tokens(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        """Unpads transformer-made token rows and checks them against the model's limits."""
+        spec = self.spec
+        assert spec is not None
+        if ids.min() < 0 or ids.max() >= spec.vocab_size:
+            raise InvalidInput(
+                f"input '{contract.INPUT_IDS}' must hold token ids in [0, {spec.vocab_size})"
+            )
+        rows = []
+        for index, (row_ids, row_mask) in enumerate(zip(ids, mask, strict=True)):
+            row = row_ids[row_mask.astype(bool)]
+            if len(row) > spec.max_seq_length:
+                if not self.settings.truncate:
+                    raise InvalidInput(
+                        f"input '{contract.INPUT_IDS}' row {index} has {len(row)} tokens: at most "
+                        f"{spec.max_seq_length} are accepted when truncation is off"
+                    )
+                row = np.concatenate([row[: spec.max_seq_length - 1], row[-1:]])
+            rows.append(row)
+        return rows

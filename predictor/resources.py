@@ -1,0 +1,66 @@
+"""Device, dtype and CPU-thread choices that fit the container, not the host."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cgroup_cpu_limit(
+    cpu_max: Path = CGROUP_CPU_MAX,
+    v1_quota: Path = CGROUP_V1_QUOTA,
+    v1_period: Path = CGROUP_V1_PERIOD,
+) -> float | None:
+    """CPUs allowed by the container's CFS quota, or None when unlimited or unknown."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(v1_quota.read_text())
+        if quota_us > 0:
+            return quota_us / int(v1_period.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def fit_thread_count(requested: int = 0, cpu_limit: float | None = None) -> int:
+    """Threads for torch: the explicit request, else the CPU quota (rounded up), else the CPUs
+    this process may run on. A pod limited to 2 CPUs on a 64-core node gets 2, not 64."""
+    if requested > 0:
+        return requested
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    available = available or 1
+    if cpu_limit is None:
+        cpu_limit = cgroup_cpu_limit()
+    if cpu_limit is not None:
+        available = min(available, max(1, math.ceil(cpu_limit)))
+    return available
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` is fp16 on GPU (tensor cores) and fp32 on CPU (fp16 matmuls are slow there)."""
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    return dtype

@@ -1,0 +1,59 @@
+"""Text to token ids, the same way in the predictor and the transformer.
+
+The transformer imports this module so that its ids are exactly the ids the predictor would make
+itself. It drives the model's fast (Rust) tokenizer directly: no padding (the batcher pads per
+length-grouped batch) and one batched call per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from kserve.errors import InvalidInput
+
+
+class TextTokenizer:
+    def __init__(self, model_dir: str | Path, max_seq_length: int, truncate: bool = True):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        if not tokenizer.is_fast:
+            raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json)")
+        self.max_seq_length = max_seq_length
+        self.truncate = truncate
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self._backend = tokenizer.backend_tokenizer
+        self._backend.no_padding()
+        # Without truncation we still cut at limit + 1: enough to see that a text is too long,
+        # without tokenizing a megabyte of it.
+        self._backend.enable_truncation(max_seq_length if truncate else max_seq_length + 1)
+
+    @property
+    def settings_key(self) -> tuple[int, bool]:
+        """What the ids depend on besides the text (for caches keyed by text)."""
+        return (self.max_seq_length, self.truncate)
+
+    def encode(self, texts: Sequence[str], field: str = "text") -> list[np.ndarray]:
+        encodings = self._backend.encode_batch(list(texts))
+        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+        if not self.truncate:
+            for index, row in enumerate(ids):
+                if len(row) > self.max_seq_length:
+                    raise InvalidInput(
+                        f"input '{field}' item {index} is longer than {self.max_seq_length} "
+                        "tokens and truncation is off"
+                    )
+        return ids
+
+
+def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads ids to the longest row; returns (input_ids, attention_mask) INT64 [B, L]."""
+    length = max(len(row) for row in rows)
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = row
+        mask[index, : len(row)] = 1
+    return ids, mask
