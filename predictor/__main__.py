@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from kserve import ModelServer, model_server
+from kserve import model_server
 from kserve.utils.utils import strtobool
 
 from predictor import http
@@ -85,8 +85,7 @@ def main() -> None:
         )
     model = EmbeddingModel(args.model_name, settings_from_args(args))
     model.load()
-    http.install(model_server.app, args.model_name)
-    ModelServer(workers=args.server_workers).start([model])
+    http.serve(model, workers=args.server_workers)
 
 
 if __name__ == "__main__":

@@ -109,11 +109,10 @@ def decode_texts(tensor: InferInput, max_items: int) -> list[str]:
         raise InvalidInput(f"input '{TEXT}' must have datatype {BYTES}, got {tensor.datatype}")
     if len(tensor.shape) != 1:
         raise InvalidInput(f"input '{TEXT}' must have shape [B], got {list(tensor.shape)}")
-    values = tensor.as_numpy().reshape(-1) if tensor.data is None else _flatten(tensor.data)
-    if len(values) != tensor.shape[0]:
-        raise InvalidInput(
-            f"input '{TEXT}' declares shape {list(tensor.shape)} but carries {len(values)} items"
-        )
+    try:
+        values = tensor.as_numpy().reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{TEXT}' data does not match its declared shape {list(tensor.shape)}") from exc
     _check_batch(TEXT, len(values), max_items)
     texts = []
     for index, value in enumerate(values):
@@ -128,15 +127,6 @@ def decode_texts(tensor: InferInput, max_items: int) -> list[str]:
             raise InvalidInput(f"input '{TEXT}' item {index} is empty")
         texts.append(value)
     return texts
-
-
-def _flatten(data: object) -> list[Any]:
-    if isinstance(data, list | tuple):
-        out: list[Any] = []
-        for item in data:
-            out.extend(_flatten(item) if isinstance(item, list | tuple) else [item])
-        return out
-    return [data]
 
 
 def _int_matrix(tensor: InferInput) -> np.ndarray:

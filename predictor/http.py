@@ -1,7 +1,8 @@
-"""HTTP edges of a kembed server: request metrics by status, and 429s that say when to retry.
+"""How a kembed server plugs into kserve's ModelServer: request metrics by status, 429s that say
+when to retry, and request decoding whose failures are the client's (400), not the server's (500).
 
-A pure ASGI middleware (no per-request Starlette objects) so it costs microseconds; it sees every
-status, including the 4xx/5xx that kserve produces before a model is reached.
+The metrics middleware is pure ASGI (no per-request Starlette objects) so it costs microseconds;
+it sees every status, including the 4xx/5xx that kserve produces before a model is reached.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from kserve import Model, ModelServer, model_server
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.dataplane import DataPlane
 
 from predictor import metrics
 from predictor.batcher import BatcherClosed, QueueFull
@@ -65,3 +69,24 @@ def install(app: FastAPI, model_name: str) -> None:
     app.add_middleware(RequestMetricsMiddleware, model_name=model_name)
     app.add_exception_handler(QueueFull, queue_full_handler)
     app.add_exception_handler(BatcherClosed, queue_full_handler)
+
+
+class ClientDecodingDataPlane(DataPlane):
+    """kserve's decoder lets malformed bodies escape as ValueError, KeyError or InferenceError (a
+    500). Decoding only reads what the client sent, so any failure there is a 400 naming it."""
+
+    def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, InferenceError) as exc:
+            raise InvalidInput(f"malformed V2 request: {exc}") from exc
+
+
+def serve(model: Model, workers: int = 1) -> None:
+    """Starts kserve's ModelServer for one loaded model, with kembed's edges installed."""
+    install(model_server.app, model.name)
+    server = ModelServer(workers=workers)
+    server.dataplane = ClientDecodingDataPlane(server.registered_models)
+    server.start([model])

