@@ -63,7 +63,8 @@ class EmbeddingModel(Model):
         torch.set_num_threads(threads)
         self.tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
         encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id)
-        encoder(self.tokenizer.encode(["kembed warm-up pass"] * 2))
+        warmup_length = min(16, self.spec.max_seq_length)
+        encoder([np.full(warmup_length, self.tokenizer.pad_id, dtype=np.int64)] * 2)
         self.batcher = Batcher(encoder, settings.limits, self.name)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)

@@ -1,0 +1,194 @@
+"""The dynamic batcher on its own, driven by a real (deterministic) forward function."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from predictor.batcher import Batcher, BatcherClosed, BatchLimits, QueueFull, padded_tokens, select_batch
+
+
+class RecordingForward:
+    """Embeds a row as [first id, length, sum]; records each batch's lengths."""
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.batches: list[list[int]] = []
+        self.gate = gate
+
+    def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.batches.append([len(row) for row in rows])
+        return np.array([[row[0], len(row), row.sum()] for row in rows], dtype=np.float32)
+
+
+def row(first: int, length: int) -> np.ndarray:
+    return np.arange(first, first + length, dtype=np.int64)
+
+
+def test_select_batch_takes_oldest_and_nearest_lengths() -> None:
+    limits = BatchLimits(max_batch_size=3, max_batch_tokens=10_000)
+    lengths = [50, 5, 48, 200, 51, 52]
+    assert select_batch(lengths, limits) == [0, 2, 4]
+
+
+def test_select_batch_honours_token_budget() -> None:
+    limits = BatchLimits(max_batch_size=32, max_batch_tokens=100)
+    chosen = select_batch([30, 30, 30, 30, 30], limits)
+    assert chosen == [0, 1, 2]
+    assert padded_tokens([30] * len(chosen)) <= 100
+
+
+def test_select_batch_always_takes_the_oldest_even_when_it_alone_is_over_budget() -> None:
+    limits = BatchLimits(max_batch_size=4, max_batch_tokens=64)
+    assert select_batch([100, 3, 3], limits) == [0]
+
+
+def test_limits_reject_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchLimits(max_batch_size=0)
+    with pytest.raises(ValueError, match="max_latency_ms"):
+        BatchLimits(max_latency_ms=-1)
+
+
+def test_results_return_in_order_to_their_own_requests_under_concurrency() -> None:
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=8, max_batch_tokens=4096, max_latency_ms=2))
+
+    async def run() -> list[tuple[list[np.ndarray], np.ndarray]]:
+        rng = np.random.default_rng(3)
+        requests = [
+            [row(int(rng.integers(0, 10_000)), int(rng.integers(1, 60))) for _ in range(int(rng.integers(1, 6)))]
+            for _ in range(50)
+        ]
+        results = await asyncio.gather(*(batcher.embed(rows) for rows in requests))
+        await batcher.close()
+        return list(zip(requests, results, strict=True))
+
+    pairs = asyncio.run(run())
+    for rows, result in pairs:
+        expected = np.array([[r[0], len(r), r.sum()] for r in rows], dtype=np.float32)
+        np.testing.assert_array_equal(result, expected)
+    assert max(len(batch) for batch in forward.batches) <= 8
+    assert sum(len(batch) for batch in forward.batches) == sum(len(rows) for rows, _ in pairs)
+    assert len(forward.batches) < len(pairs), "concurrent requests should share forward passes"
+
+
+def test_batches_respect_size_and_token_limits() -> None:
+    gate = threading.Event()
+    forward = RecordingForward(gate)
+    limits = BatchLimits(max_batch_size=4, max_batch_tokens=120, max_latency_ms=1, pipeline_depth=1)
+    batcher = Batcher(forward, limits)
+
+    async def run() -> None:
+        blocker = asyncio.ensure_future(batcher.embed([row(0, 3)]))
+        await asyncio.sleep(0.05)  # the worker is now held by the gate; everything else queues
+        # 40- and 10-token rows interleaved: first-come batching would mix them
+        lengths = [40, 10] * 6 + [10, 10, 10]
+        work = asyncio.ensure_future(batcher.embed([row(i, n) for i, n in enumerate(lengths)]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(blocker, work)
+        await batcher.close()
+
+    asyncio.run(run())
+    batches = forward.batches[1:]
+    assert sum(len(b) for b in batches) == 15
+    for batch in batches:
+        assert len(batch) <= 4
+        assert padded_tokens(batch) <= 120
+    # length grouping: no batch mixes the 10-token rows with the 40-token rows
+    assert all(len(set(batch)) == 1 for batch in batches)
+
+
+def test_latency_window_gathers_items_that_arrive_within_it() -> None:
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=300))
+
+    async def run() -> None:
+        first = asyncio.ensure_future(batcher.embed([row(1, 5)]))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.embed([row(2, 5)]))
+        await asyncio.gather(first, second)
+        await batcher.close()
+
+    asyncio.run(run())
+    assert forward.batches == [[5, 5]]
+
+
+def test_zero_latency_window_does_not_wait_for_more_items() -> None:
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=0))
+
+    async def run() -> None:
+        await batcher.embed([row(1, 5)])
+        await batcher.embed([row(2, 6)])
+        await batcher.close()
+
+    asyncio.run(run())
+    assert forward.batches == [[5], [6]]
+
+
+def test_full_queue_raises_queue_full_with_retry_after() -> None:
+    batcher = Batcher(RecordingForward(), BatchLimits(max_batch_size=64, max_latency_ms=500, queue_size=4))
+
+    async def run() -> None:
+        first = asyncio.ensure_future(batcher.embed([row(i, 3) for i in range(4)]))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as info:
+            await batcher.embed([row(9, 3)])
+        assert info.value.retry_after_s >= 1
+        await first
+        await batcher.close()
+
+    asyncio.run(run())
+
+
+def test_cancelled_request_does_not_break_the_batch() -> None:
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=100))
+
+    async def run() -> np.ndarray:
+        gone = asyncio.ensure_future(batcher.embed([row(1, 4)]))
+        kept = asyncio.ensure_future(batcher.embed([row(2, 4)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        result = await kept
+        await batcher.close()
+        return result
+
+    result = asyncio.run(run())
+    np.testing.assert_array_equal(result, [[2, 4, 2 + 3 + 4 + 5]])
+
+
+def test_forward_errors_reach_every_waiting_request() -> None:
+    def broken(rows: list[np.ndarray]) -> np.ndarray:
+        raise RuntimeError("device lost")
+
+    batcher = Batcher(broken, BatchLimits(max_latency_ms=1))
+
+    async def run() -> None:
+        results = await asyncio.gather(batcher.embed([row(1, 3)]), batcher.embed([row(2, 3)]), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
+
+    asyncio.run(run())
+
+
+def test_drain_answers_everything_accepted_then_refuses_new_work() -> None:
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=4, max_latency_ms=200))
+
+    async def run() -> None:
+        accepted = [asyncio.ensure_future(batcher.embed([row(i, 5)])) for i in range(10)]
+        await asyncio.sleep(0)
+        await batcher.drain()
+        assert all(future.done() and not future.exception() for future in accepted)
+        with pytest.raises(BatcherClosed):
+            await batcher.embed([row(1, 2)])
+        await batcher.close()
+
+    asyncio.run(run())
+    assert sum(len(b) for b in forward.batches) == 10
