@@ -8,11 +8,11 @@ STAMP := $(VENV)/.kembed-installed
 
 .PHONY: setup serve serve-predictor test lint bench tools clean
 
-$(STAMP): pyproject.toml
+# scripts/install.sh is the one install procedure, shared with the Dockerfile.
+$(STAMP): pyproject.toml scripts/install.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test]"
+	PYTHON=$(PY) TORCH_SPEC="$(TORCH_SPEC)" PIP_QUIET=1 bash scripts/install.sh -e ".[test]"
 	touch $@
 
 setup: $(STAMP)

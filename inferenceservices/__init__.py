@@ -1,0 +1,1 @@
+"""kembed's InferenceService manifests (kustomize base + overlays, monitoring) and the rollout tool."""

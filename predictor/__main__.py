@@ -47,12 +47,43 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_seq_length", type=int, default=env("max_seq_length", 0), help="token limit per text; 0 = model's own")
     add("--truncate", type=strtobool, default=env("truncate", "true"), help="truncate long texts (else 400)")
     add("--threads", type=int, default=env("threads", 0), help="torch CPU threads; 0 = fit the container's CPU quota")
-    add("--max_batch_size", type=int, default=env("max_batch_size", 32), help="items per forward pass")
-    add("--max_batch_tokens", type=int, default=env("max_batch_tokens", 8192), help="padded tokens per forward pass")
-    add("--max_latency_ms", type=float, default=env("max_latency_ms", 5.0), help="longest wait for a batch to fill")
-    add("--queue_size", type=int, default=env("queue_size", 2048), help="items waiting before 429")
-    add("--max_items_per_request", type=int, default=env("max_items_per_request", 256),
-        help="items per request before 400")
+    add(
+        "--max_batch_size",
+        type=int,
+        default=env("max_batch_size", BatchLimits.max_batch_size),
+        help="items per forward pass",
+    )
+    add(
+        "--max_batch_tokens",
+        type=int,
+        default=env("max_batch_tokens", BatchLimits.max_batch_tokens),
+        help="padded tokens per forward pass",
+    )
+    add(
+        "--max_latency_ms",
+        type=float,
+        default=env("max_latency_ms", BatchLimits.max_latency_ms),
+        help="longest wait for a batch to fill",
+    )
+    add("--queue_size", type=int, default=env("queue_size", BatchLimits.queue_size), help="items waiting before 429")
+    add(
+        "--max_items_per_request",
+        type=int,
+        default=env("max_items_per_request", 256),
+        help="items per request before 400",
+    )
+    add(
+        "--max_body_bytes",
+        type=int,
+        default=env("max_body_bytes", http.DEFAULT_MAX_BODY_BYTES),
+        help="request bodies over this size get 413 before parsing",
+    )
+    add(
+        "--grace_period_seconds",
+        type=int,
+        default=env("grace_period_seconds", 30),
+        help="on SIGTERM, how long to finish requests in flight before exiting",
+    )
     add("--server_workers", type=int, default=env("workers", 1), help="HTTP worker processes (each holds a model copy)")
     return parser
 
@@ -81,11 +112,18 @@ def main() -> None:
     if args.workers != args.server_workers:
         logger.warning(
             "--workers %d ignored (each worker would load another model copy); serving with %d "
-            "worker(s): set KEMBED_WORKERS to change it", args.workers, args.server_workers,
+            "worker(s): set KEMBED_WORKERS to change it",
+            args.workers,
+            args.server_workers,
         )
     model = EmbeddingModel(args.model_name, settings_from_args(args))
     model.load()
-    http.serve(model, workers=args.server_workers)
+    http.serve(
+        model,
+        workers=args.server_workers,
+        max_body_bytes=args.max_body_bytes,
+        grace_period_s=args.grace_period_seconds,
+    )
 
 
 if __name__ == "__main__":

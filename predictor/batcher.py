@@ -50,7 +50,7 @@ class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     max_latency_ms: float = 5.0
-    queue_size: int = 2048
+    queue_size: int = 512
     pipeline_depth: int = 2
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ and gRPC all decode the same way.
 
 from __future__ import annotations
 
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def decode_texts(tensor: InferInput, max_items: int) -> list[str]:
         raise InvalidInput(f"input '{TEXT}' must have shape [B], got {list(tensor.shape)}")
     try:
         values = tensor.as_numpy().reshape(-1)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, struct.error) as exc:
         raise InvalidInput(f"input '{TEXT}' data does not match its declared shape {list(tensor.shape)}") from exc
     _check_batch(TEXT, len(values), max_items)
     texts = []
@@ -138,7 +139,7 @@ def _int_matrix(tensor: InferInput) -> np.ndarray:
         raise InvalidInput(f"input '{tensor.name}' must have shape [B, L], got {tensor.shape}")
     try:
         array = tensor.as_numpy()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, struct.error) as exc:
         raise InvalidInput(
             f"input '{tensor.name}' data does not match shape {list(tensor.shape)} of integers"
         ) from exc

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import Model, ModelServer, model_server
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 
 from predictor import metrics
@@ -27,32 +28,85 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COUNTED_SUFFIXES = ("/infer", "/embeddings")
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-class RequestMetricsMiddleware:
-    def __init__(self, app: ASGIApp, model_name: str):
+class EdgeMiddleware:
+    """Refuses bodies over `max_body_bytes` with 413 before they are parsed (by the declared
+    Content-Length, or while streaming a chunked body), and counts embedding requests by status."""
+
+    def __init__(self, app: ASGIApp, model_name: str, max_body_bytes: int):
         self.app = app
         self.model_name = model_name
+        self.max_body_bytes = max_body_bytes
         self.duration = metrics.REQUEST_DURATION.labels(model=model_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(COUNTED_SUFFIXES):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        counted = scope["path"].endswith(COUNTED_SUFFIXES)
         started = time.perf_counter()
         status = 500
+        refused = False
+        received = 0
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
+            if refused:  # we already answered 413; the app's own answer is dropped
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
 
+        async def refuse() -> Message:
+            nonlocal refused
+            await self._too_large(send_and_record)
+            refused = True
+            return {"type": "http.disconnect"}
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes and not refused:
+                return await refuse()
+            return message
+
         try:
-            await self.app(scope, receive, send_and_record)
+            if _declared_length(scope) > self.max_body_bytes:
+                await refuse()
+            else:
+                await self.app(scope, limited_receive, send_and_record)
+        except Exception:
+            if not refused:
+                raise
         finally:
-            metrics.REQUESTS.labels(model=self.model_name, status=str(status)).inc()
-            self.duration.observe(time.perf_counter() - started)
+            if counted:
+                metrics.REQUESTS.labels(model=self.model_name, status=str(status)).inc()
+                self.duration.observe(time.perf_counter() - started)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse(
+            status_code=413,
+            content={"error": f"request body is larger than the limit of {self.max_body_bytes} bytes"},
+            headers={"Connection": "close"},
+        )
+        await response({"type": "http"}, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 async def queue_full_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -64,29 +118,46 @@ async def queue_full_handler(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install(app: FastAPI, model_name: str) -> None:
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's default 422 echoes the offending input, and fails (500) when that input holds a
+    NaN or Infinity; this names each problem by its location instead."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}" for error in errors
+    )
+    return JSONResponse(status_code=422, content={"error": f"invalid request: {problems or exc}"})
+
+
+def install(app: FastAPI, model_name: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """Adds kembed's middleware and overload handlers to kserve's FastAPI app (before start)."""
-    app.add_middleware(RequestMetricsMiddleware, model_name=model_name)
+    app.add_middleware(EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes)
     app.add_exception_handler(QueueFull, queue_full_handler)
     app.add_exception_handler(BatcherClosed, queue_full_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
 class ClientDecodingDataPlane(DataPlane):
-    """kserve's decoder lets malformed bodies escape as ValueError, KeyError or InferenceError (a
-    500). Decoding only reads what the client sent, so any failure there is a 400 naming it."""
+    """kserve's decoder lets malformed bodies escape as ValueError, KeyError, struct.error or
+    InferenceError (a 500). Decoding only reads what the client sent, so any failure there is a 400."""
 
     def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().decode(body, headers, *args, **kwargs)
         except InvalidInput:
             raise
-        except (ValueError, KeyError, TypeError, IndexError, InferenceError) as exc:
+        except Exception as exc:
             raise InvalidInput(f"malformed V2 request: {exc}") from exc
 
 
-def serve(model: Model, workers: int = 1) -> None:
-    """Starts kserve's ModelServer for one loaded model, with kembed's edges installed."""
-    install(model_server.app, model.name)
-    server = ModelServer(workers=workers)
+def serve(
+    model: Model, workers: int = 1, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grace_period_s: int = 30
+) -> None:
+    """Starts kserve's ModelServer for one loaded model, with kembed's edges installed.
+
+    On SIGTERM uvicorn stops accepting connections and waits up to `grace_period_s` for every
+    request in flight, so everything already in the batcher's queue is answered before exit.
+    """
+    install(model_server.app, model.name, max_body_bytes)
+    server = ModelServer(workers=workers, grace_period=grace_period_s)
     server.dataplane = ClientDecodingDataPlane(server.registered_models)
     server.start([model])

@@ -1,0 +1,179 @@
+"""eventing/config: validated against the official CRD schemas (tests/crds/, copied from shared/crds) and
+cross-checked with the service's own flags. The Kubernetes API cannot run here, so the schemas stand in
+for it; SinkBinding's CRD is not among them and is checked structurally."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from eventing.settings import REQUEST_TYPE, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "eventing" / "config"
+CRDS = Path(__file__).resolve().parent / "crds"
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+SCHEMAS = {
+    ("eventing.knative.dev/v1", "Broker"): "eventing.knative.dev_brokers.yaml",
+    ("eventing.knative.dev/v1", "Trigger"): "eventing.knative.dev_triggers.yaml",
+    ("serving.knative.dev/v1", "Service"): "serving.knative.dev_services.yaml",
+}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((CONFIG / name).read_text()) if doc]
+
+
+@cache
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((CONFIG / "kustomization.yaml").read_text())
+
+
+def resources() -> list[dict[str, Any]]:
+    return [doc for name in kustomization()["resources"] for doc in load(name)]
+
+
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [doc for doc in resources() if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def strict(schema: Any) -> Any:
+    """The CRD schema for jsonschema: int-or-string as integer-or-string, and objects that list their
+    properties refuse others (so a misspelt field fails here, not silently in the cluster)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items() if not key.startswith("x-kubernetes")}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in schema and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def crd_schema(filename: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / filename).read_text())
+    (version,) = crd["spec"]["versions"]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    # The API server always allows these at the root; Knative Eventing's CRDs leave them out.
+    schema["properties"].setdefault("apiVersion", {"type": "string"})
+    schema["properties"].setdefault("kind", {"type": "string"})
+    schema["properties"].setdefault("metadata", {"type": "object"})
+    return schema
+
+
+def test_crds_are_the_shared_copies():
+    shared = ROOT.parent / "shared" / "crds"
+    if not shared.is_dir():
+        pytest.skip("shared/crds is not next to this checkout")
+    for filename in SCHEMAS.values():
+        assert (CRDS / filename).read_bytes() == (shared / filename).read_bytes()
+
+
+@pytest.mark.parametrize("doc", resources(), ids=lambda doc: f"{doc['kind']}/{doc['metadata']['name']}")
+def test_resources_validate_against_their_crd(doc):
+    key = (doc["apiVersion"], doc["kind"])
+    if key == ("sources.knative.dev/v1", "SinkBinding"):
+        pytest.skip("SinkBinding's CRD is not in shared/crds: checked structurally in test_sinkbinding_shape")
+    assert key in SCHEMAS, f"no schema for {key}"
+    jsonschema.validate(doc, crd_schema(SCHEMAS[key]))
+
+
+def test_a_misspelt_field_is_caught_by_the_validation():
+    trigger = one("Trigger")
+    broken = {**trigger, "spec": {**trigger["spec"], "delivery": {**trigger["spec"]["delivery"], "backoffpolicy": "x"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, crd_schema(SCHEMAS[("eventing.knative.dev/v1", "Trigger")]))
+
+
+def test_trigger_filters_the_request_type_and_retries_with_exponential_backoff_to_a_dead_letter_sink():
+    trigger, broker = one("Trigger"), one("Broker")
+    assert trigger["spec"]["broker"] == broker["metadata"]["name"]
+    assert trigger["spec"]["filter"]["attributes"] == {"type": REQUEST_TYPE}
+    delivery = trigger["spec"]["delivery"]
+    assert delivery["retry"] >= 3
+    assert delivery["backoffPolicy"] == "exponential"
+    assert delivery["backoffDelay"].startswith("PT")
+    subscriber, dead_letter = trigger["spec"]["subscriber"]["ref"], delivery["deadLetterSink"]["ref"]
+    for ref in (subscriber, dead_letter):
+        assert (ref["apiVersion"], ref["kind"]) == ("serving.knative.dev/v1", "Service")
+        one("Service", ref["name"])  # the referenced Service is part of the kustomization
+    assert subscriber["name"] != dead_letter["name"]
+
+
+def container(service: dict[str, Any]) -> dict[str, Any]:
+    (only,) = service["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_service_runs_the_eventing_entry_point_with_known_knobs():
+    handler = container(one("Service", one("Trigger")["spec"]["subscriber"]["ref"]["name"]))
+    assert handler["command"] == ["kembed-eventing"]
+    assert handler["image"] == "ghcr.io/kembed/kembed:0.1.0"
+    env = {item["name"]: item["value"] for item in handler["env"]}
+    assert "PORT" not in env and "K_SINK" not in env  # set by Knative and by the SinkBinding
+    flags = {action.dest for action in build_parser()._actions}
+    knobs = {name.removeprefix("KEMBED_").lower() for name in env if name.startswith("KEMBED_")}
+    assert knobs <= flags, f"unknown KEMBED_* variables: {sorted(knobs - flags)}"
+    assert env["KEMBED_REQUEST_TYPE"] == one("Trigger")["spec"]["filter"]["attributes"]["type"]
+    assert env["KEMBED_INFERENCE_URL"].startswith("http")
+    assert int(env["KEMBED_DEDUP_TTL_SECONDS"]) > 2 ** (one("Trigger")["spec"]["delivery"]["retry"] + 1)
+    assert handler["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    security = handler["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"] and security["runAsUser"] == 1000
+
+
+def test_sinkbinding_shape():
+    """Structural check (no CRD here): sources.knative.dev/v1 SinkBinding whose subject is the handler
+    Service and whose sink is the Broker, so split results flow back into it."""
+    binding = one("SinkBinding")
+    assert binding["apiVersion"] == "sources.knative.dev/v1"
+    spec = binding["spec"]
+    assert set(spec) <= {"subject", "sink", "ceOverrides"}
+    subject = spec["subject"]
+    assert set(subject) <= {"apiVersion", "kind", "name", "namespace", "selector"}
+    assert (subject["apiVersion"], subject["kind"]) == ("serving.knative.dev/v1", "Service")
+    assert subject["name"] == one("Trigger")["spec"]["subscriber"]["ref"]["name"]
+    sink = spec["sink"]
+    assert set(sink) <= {"ref", "uri", "CACerts", "audience"}
+    assert set(sink["ref"]) <= {"apiVersion", "kind", "name", "namespace"}
+    assert (sink["ref"]["apiVersion"], sink["ref"]["kind"]) == ("eventing.knative.dev/v1", "Broker")
+    assert sink["ref"]["name"] == one("Broker")["metadata"]["name"]
+    extensions = spec.get("ceOverrides", {}).get("extensions", {})
+    assert all(name.isalnum() and name.islower() for name in extensions)  # CloudEvents extension naming
+    assert all(isinstance(value, str) for value in extensions.values())
+
+
+def test_kustomize_renders_everything_into_one_namespace():
+    if not KUBECTL.exists():
+        pytest.skip(f"{KUBECTL.relative_to(ROOT)} is missing: run scripts/fetch-kubectl.sh (make tools)")
+    rendered = subprocess.run(
+        [str(KUBECTL), "kustomize", str(CONFIG)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    assert sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs) == sorted(
+        (doc["kind"], doc["metadata"]["name"]) for doc in resources()
+    )
+    namespace = kustomization()["namespace"]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == namespace
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kembed"
+        key = (doc["apiVersion"], doc["kind"])
+        if key in SCHEMAS:
+            jsonschema.validate(doc, crd_schema(SCHEMAS[key]))
+
+
+def test_no_stray_files_in_config():
+    listed = set(kustomization()["resources"]) | {"kustomization.yaml"}
+    assert {path.name for path in CONFIG.iterdir()} == listed

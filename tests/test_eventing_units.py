@@ -1,0 +1,326 @@
+"""Unit tests of the eventing service's parts: event parsing, reply planning, idempotency, settings.
+
+These run in-process (no servers); the end-to-end behaviour is in tests/test_eventing.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import orjson
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventing.dedup import Deduplicator
+from eventing.errors import EventFailure
+from eventing.reply import PART, PARTS, REQUEST_ID, plan_reply
+from eventing.request import EmbedJob, parse_job
+from eventing.settings import COMPLETED_TYPE, REQUEST_TYPE, SUMMARY_TYPE, Settings, build_parser, settings_from_args
+
+ITEMS = {"items": [{"id": "a", "text": "first"}, {"id": 7, "text": "second"}], "normalize": False, "dimensions": 8}
+
+
+def request_event(data: object, **attrs: str) -> CloudEvent:
+    return CloudEvent({"type": REQUEST_TYPE, "source": "/tests", "subject": "docs", **attrs}, data)
+
+
+def parse(headers: dict[str, str], body: bytes | str | None, max_items: int = 100) -> EmbedJob:
+    return parse_job(headers, body.encode() if isinstance(body, str) else body or b"", REQUEST_TYPE, max_items)
+
+
+@pytest.mark.parametrize("encode", [to_binary, to_structured])
+def test_parses_items_in_both_modes(encode):
+    event = request_event(ITEMS)
+    job = parse(*encode(event))
+    assert job.ids == ["a", 7]
+    assert job.texts == ["first", "second"]
+    assert (job.options.normalize, job.options.dimensions) == (False, 8)
+    assert job.key == ("/tests", event["id"])
+    assert job.structured == (encode is to_structured)
+
+
+def test_plain_texts_get_their_positions_as_ids():
+    job = parse(*to_binary(request_event({"texts": ["x", "y", "z"]})))
+    assert job.ids == [0, 1, 2]
+    assert job.options.normalize is None and job.options.dimensions is None
+
+
+MALFORMED = [
+    ({"items": []}, "data.items must be a non-empty list"),
+    ({"texts": "abc"}, "data.texts must be a non-empty list"),
+    ({"items": [{"id": "a", "text": "x"}], "texts": ["y"]}, "exactly one of 'items' or 'texts'"),
+    ({}, "exactly one of 'items' or 'texts'"),
+    ({"items": [{"id": "a"}]}, "data.items[0].text must be a string"),
+    ({"items": [{"id": "a", "text": "   "}]}, "data.items[0].text is empty"),
+    ({"items": [{"text": "x"}]}, "data.items[0].id must be a non-empty string or an integer"),
+    ({"items": [{"id": True, "text": "x"}]}, "data.items[0].id must be"),
+    ({"items": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, "data.items[1].id 'a' is a duplicate"),
+    ({"items": ["x"]}, "data.items[0] must be an object"),
+    ({"items": [{"id": "a", "text": "x", "meta": 1}]}, "unknown field(s) ['meta'] in data.items[0]"),
+    ({"texts": ["x"], "normalise": True}, "unknown field(s) ['normalise'] in data"),
+    ({"texts": ["x"], "normalize": "yes"}, "data.normalize must be true, false or null"),
+    ({"texts": ["x"], "dimensions": 0}, "data.dimensions must be a positive integer"),
+    ({"texts": ["x"], "dimensions": "64"}, "data.dimensions must be a positive integer"),
+    ({"texts": ["x"] * 101}, "data.texts has 101 items: at most 100"),
+    ([1, 2], "event data must be a JSON object"),
+    (None, "event has no data"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), MALFORMED)
+def test_malformed_data_is_a_400_naming_the_field(data, message):
+    with pytest.raises(EventFailure) as failure:
+        parse(*to_binary(request_event(data)))
+    assert failure.value.status == 400
+    assert message in failure.value.message
+
+
+def test_wrong_type_names_the_expected_type():
+    with pytest.raises(EventFailure) as failure:
+        parse(*to_binary(request_event(ITEMS, type="com.example.other")))
+    assert failure.value.status == 400
+    assert failure.value.reason == "wrong_type"
+    assert f"expected '{REQUEST_TYPE}'" in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "message"),
+    [
+        ({"content-type": "application/json"}, b'{"texts": ["x"]}', "not a CloudEvent"),
+        ({"content-type": "application/cloudevents+json"}, b"{not json", "not a valid CloudEvent"),
+        ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "type": "t"}', "not a valid"),
+        ({"ce-specversion": "0.9", "ce-type": REQUEST_TYPE, "ce-source": "/s", "ce-id": "1"}, b"{}", "not a valid"),
+        ({"content-type": "application/cloudevents-batch+json"}, b"[]", "batched CloudEvents are not accepted"),
+        ({"ce-specversion": "1.0", "ce-type": REQUEST_TYPE, "ce-source": "/s", "ce-id": "1",
+          "content-type": "text/plain"}, b"hello", "event data must be a JSON object"),
+    ],
+)
+def test_not_a_cloudevent_is_a_400(headers, body, message):
+    with pytest.raises(EventFailure) as failure:
+        parse(headers, body)
+    assert failure.value.status == 400
+    assert message in failure.value.message
+
+
+HEADER_NAMES = st.sampled_from(
+    ["ce-specversion", "ce-type", "ce-source", "ce-id", "ce-subject", "content-type", "ce-time", "ce-x"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.dictionaries(HEADER_NAMES, st.text(max_size=40) | st.sampled_from(["1.0", REQUEST_TYPE,
+                            "application/json", "application/cloudevents+json"]), max_size=8),
+    body=st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+            st.sampled_from(["items", "texts", "id", "text", "normalize", "dimensions", "specversion", "data"]),
+            inner, max_size=4),
+        max_leaves=12)),
+)
+def test_any_request_is_a_job_or_a_400(headers, body):
+    """Whatever arrives, parsing ends in a job or a 400 — never another exception (which would be a 500)."""
+    try:
+        job = parse(headers, body)
+    except EventFailure as failure:
+        assert failure.status == 400 and failure.message
+    else:
+        assert job.texts and len(job.ids) == len(job.texts)
+
+
+def make_settings(**overrides: object) -> Settings:
+    return Settings(inference_url="http://127.0.0.1:1", **overrides)
+
+
+def job_of(count: int, structured: bool = False) -> EmbedJob:
+    items = [{"id": f"doc-{i}", "text": f"text {i}"} for i in range(count)]
+    encode = to_structured if structured else to_binary
+    return parse(*encode(request_event({"items": items})), max_items=count)
+
+
+def decode(headers: dict[str, str], body: bytes) -> CloudEvent:
+    return from_http(headers, body)
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_reply_that_fits_is_one_completed_event(structured):
+    job = job_of(3, structured)
+    vectors = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    plan = plan_reply(job, vectors, make_settings(max_event_bytes=1 << 20))
+    assert plan.parts == []
+    reply = decode(plan.reply.headers, plan.reply.body)
+    assert reply["type"] == COMPLETED_TYPE
+    assert reply["subject"] == "docs"
+    assert reply[REQUEST_ID] == job.event["id"]
+    assert (reply[PART], reply[PARTS]) == ("1", "1")
+    assert [item["id"] for item in reply.data["items"]] == job.ids
+    got = np.array([item["embedding"] for item in reply.data["items"]], dtype=np.float32)
+    np.testing.assert_array_equal(got, vectors)  # float32 values survive the JSON round trip exactly
+    assert plan.reply.headers["content-type"].startswith(
+        "application/cloudevents+json" if structured else "application/json")
+
+
+def test_a_large_reply_without_sink_is_a_422():
+    job = job_of(200)
+    vectors = np.ones((200, 64), dtype=np.float32) / 3
+    with pytest.raises(EventFailure) as failure:
+        plan_reply(job, vectors, make_settings(max_event_bytes=8192))
+    assert failure.value.status == 422
+    assert "K_SINK" in failure.value.message
+
+
+def test_a_large_reply_is_split_into_parts_within_the_limit():
+    limit = 8192
+    job = job_of(200)
+    vectors = np.random.default_rng(1).standard_normal((200, 64)).astype(np.float32)
+    settings_ = make_settings(max_event_bytes=limit, sink="http://127.0.0.1:9/", ce_overrides={"kembedsplit": "yes"})
+    plan = plan_reply(job, vectors, settings_)
+    assert len(plan.parts) > 1
+    events = [decode(part.headers, part.body) for part in plan.parts]
+    assert all(part.size <= limit for part in plan.parts)
+    assert [event[PART] for event in events] == [str(i) for i in range(1, len(events) + 1)]
+    assert {event[PARTS] for event in events} == {str(len(events))}
+    assert {event["kembedsplit"] for event in events} == {"yes"}
+    assert len({event["id"] for event in events}) == len(events)
+    ids = [item["id"] for event in events for item in event.data["items"]]
+    assert ids == job.ids
+    got = np.array([item["embedding"] for event in events for item in event.data["items"]], dtype=np.float32)
+    np.testing.assert_array_equal(got, vectors)
+    # Greedy packing: no part could have taken the next part's first item.
+    for part, following in zip(plan.parts, events[1:], strict=False):
+        first = orjson.dumps(following.data["items"][0])
+        assert part.size + len(first) + 1 > limit
+    summary = decode(plan.reply.headers, plan.reply.body)
+    assert summary["type"] == SUMMARY_TYPE
+    assert summary.data == {"model": "minilm", "dimensions": 64, "count": 200, "parts": len(events)}
+    # Deterministic ids: a retried split sends the same part ids again.
+    again = plan_reply(job, vectors, settings_)
+    assert [decode(p.headers, p.body)["id"] for p in again.parts] == [event["id"] for event in events]
+
+
+def test_an_item_too_large_for_any_part_is_a_422():
+    job = job_of(2)
+    with pytest.raises(EventFailure) as failure:
+        plan_reply(job, np.full((2, 2000), 1 / 3, dtype=np.float32), make_settings(max_event_bytes=4096, sink="http://x/"))
+    assert failure.value.status == 422
+    assert "data.items[0] alone needs" in failure.value.message
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_concurrent_duplicates_share_one_computation():
+    async def scenario():
+        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=60, max_entries=10)
+        release = asyncio.Event()
+        calls = []
+
+        async def compute():
+            calls.append(1)
+            await release.wait()
+            return "reply"
+
+        first = asyncio.create_task(dedup.run("k", compute))
+        second = asyncio.create_task(dedup.run("k", compute))
+        await asyncio.sleep(0.01)
+        assert not first.done() and not second.done()  # the second is waiting on the first computation
+        release.set()
+        return await first, await second, calls
+
+    first, second, calls = asyncio.run(scenario())
+    assert first == ("reply", False)
+    assert second == ("reply", True)
+    assert len(calls) == 1
+
+
+def test_failures_are_not_kept_and_a_retry_computes_again():
+    async def scenario():
+        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=60, max_entries=10)
+        attempts = []
+
+        async def flaky():
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise EventFailure(503, "unavailable", "down", 1)
+            return "ok"
+
+        with pytest.raises(EventFailure):
+            await dedup.run("k", flaky)
+        return await dedup.run("k", flaky), len(attempts)
+
+    assert asyncio.run(scenario()) == (("ok", False), 2)
+
+
+def test_replies_expire_after_the_ttl_and_beyond_max_entries():
+    async def scenario():
+        clock = FakeClock()
+        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=10, max_entries=2, clock=clock)
+        counts: dict[str, int] = {}
+
+        def compute(key):
+            async def run():
+                counts[key] = counts.get(key, 0) + 1
+                return key
+            return run
+
+        await dedup.run("a", compute("a"))
+        await asyncio.sleep(0)
+        clock.now = 5
+        assert await dedup.run("a", compute("a")) == ("a", True)
+        clock.now = 11
+        assert await dedup.run("a", compute("a")) == ("a", False)  # expired: computed again
+        for key in ("b", "c"):
+            await dedup.run(key, compute(key))
+            await asyncio.sleep(0)
+        assert len(dedup) == 2  # "a" (the oldest) was evicted
+        assert await dedup.run("a", compute("a")) == ("a", False)
+        return counts
+
+    assert asyncio.run(scenario()) == {"a": 3, "b": 1, "c": 1}
+
+
+def test_every_knob_reads_its_env_var(monkeypatch):
+    values = {
+        "KEMBED_INFERENCE_URL": "http://isvc.example/", "KEMBED_MODEL_NAME": "other", "KEMBED_REQUEST_TYPE": "t.x",
+        "KEMBED_EVENT_SOURCE": "/src", "KEMBED_MAX_ITEMS": "7", "KEMBED_CHUNK_SIZE": "3", "KEMBED_PARALLELISM": "2",
+        "KEMBED_MAX_EVENT_BYTES": "5000", "KEMBED_MAX_REQUEST_BYTES": "999", "KEMBED_DEDUP_TTL_SECONDS": "1.5",
+        "KEMBED_DEDUP_MAX_ENTRIES": "4", "KEMBED_REQUEST_TIMEOUT_SECONDS": "2.5", "KEMBED_RETRY_AFTER_SECONDS": "9",
+        "K_SINK": "http://broker.example/", "K_CE_OVERRIDES": '{"extensions": {"team": "a"}}', "PORT": "9999",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args([])
+    assert args.port == 9999
+    assert settings_from_args(args) == Settings(
+        inference_url="http://isvc.example", model_name="other", request_type="t.x", event_source="/src",
+        max_items=7, chunk_size=3, parallelism=2, max_event_bytes=5000, max_request_bytes=999,
+        dedup_ttl_seconds=1.5, dedup_max_entries=4, request_timeout_seconds=2.5, retry_after_seconds=9,
+        sink="http://broker.example/", ce_overrides={"team": "a"},
+    )
+    assert build_parser().parse_args(["--http_port", "1234", "--grpc_port", "5"]).port == 1234
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], "KEMBED_INFERENCE_URL"),
+        (["--inference_url", "isvc:8080"], "http(s) URL"),
+        (["--inference_url", "http://x", "--chunk_size", "0"], "--chunk_size must be at least 1"),
+        (["--inference_url", "http://x", "--max_event_bytes", "100"], "--max_event_bytes must be at least 4096"),
+    ],
+)
+def test_bad_settings_are_refused_at_startup(monkeypatch, flags, message):
+    monkeypatch.delenv("KEMBED_INFERENCE_URL", raising=False)
+    monkeypatch.delenv("K_SINK", raising=False)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings_from_args(build_parser().parse_args(flags))

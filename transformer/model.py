@@ -1,0 +1,200 @@
+"""The KServe transformer: text in, token ids to the predictor over V2, embeddings back.
+
+The whole request is handled in `predict()` rather than split over preprocess/postprocess:
+with the embedding cache on, some or all texts never reach the predictor, which kserve's
+preprocess -> predict -> postprocess chain cannot express. The hop itself is kserve's own
+`Model.predict` (its REST or gRPC V2 client, from `--predictor_host`/`--predictor_protocol`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.model import append_forwardable_headers
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from predictor import contract
+from predictor.contract import EmbedOptions
+from predictor.model_spec import ModelSpec, read_model_spec
+from predictor.tokenization import TextTokenizer, pad_batch
+from transformer import metrics, upstream
+from transformer.embedding_cache import EmbeddingCache
+from transformer.tokens import CachingTokenizer
+
+logger = logging.getLogger("kembed.transformer")
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    model_dir: Path
+    max_seq_length: int = 0
+    truncate: bool = True
+    max_items_per_request: int = 256
+    tokenizer_cache_size: int = 65536
+    tokenizer_cache_bytes: int = 64 * MIB
+    embedding_cache_size: int = 0
+    embedding_cache_bytes: int = 128 * MIB
+    binary: bool = True
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Embeddings [B, D] in request order, and each text's token count (for OpenAI usage)."""
+
+    embeddings: np.ndarray
+    token_counts: list[int]
+
+
+class EmbeddingTransformer(Model):
+    def __init__(self, name: str, settings: TransformerSettings):
+        super().__init__(name)
+        self.settings = settings
+        self.spec: ModelSpec | None = None
+        self.tokens: CachingTokenizer | None = None
+        self.embedding_cache: EmbeddingCache | None = None
+
+    def load(self) -> bool:
+        """Loads the model's tokenizer with the predictor's own length settings; then ready."""
+        settings = self.settings
+        started = time.perf_counter()
+        self.spec = read_model_spec(settings.model_dir, "auto", settings.max_seq_length)
+        tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
+        self.tokens = CachingTokenizer(
+            tokenizer, settings.tokenizer_cache_size, settings.tokenizer_cache_bytes, self.name
+        )
+        self.embedding_cache = EmbeddingCache(settings.embedding_cache_size, settings.embedding_cache_bytes, self.name)
+        logger.info(
+            "loaded tokenizer of %s (max_seq_length=%d, truncate=%s, dim=%d) in %.2fs; tokenizer cache %d entries/%d "
+            "bytes; embedding cache %s",
+            settings.model_dir, self.spec.max_seq_length, settings.truncate, self.spec.dimension,
+            time.perf_counter() - started, settings.tokenizer_cache_size, settings.tokenizer_cache_bytes,
+            f"{settings.embedding_cache_size} entries/{settings.embedding_cache_bytes} bytes"
+            if self.embedding_cache.enabled else "off",
+        )
+        self.ready = True
+        return self.ready
+
+    def start(self) -> None:
+        """kserve's default start() marks the model ready at once; ours is ready after load()."""
+
+    def stop(self) -> None:
+        self.ready = False
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": contract.TEXT, "datatype": contract.BYTES, "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return contract.output_metadata(self.spec.dimension if self.spec else -1)
+
+    async def predict(
+        self,
+        payload: InferRequest | dict,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
+        assert self.spec is not None
+        contract.check_input_names(payload)
+        text = payload.get_input_by_name(contract.TEXT)
+        if text is None:
+            raise InvalidInput(
+                f"the transformer takes input '{contract.TEXT}' (BYTES [B]); send '{contract.INPUT_IDS}' + "
+                f"'{contract.ATTENTION_MASK}' to the predictor itself"
+            )
+        options = contract.parse_options(payload.parameters, self.spec.dimension)
+        texts = contract.decode_texts(text, self.settings.max_items_per_request)
+        embedded = await self.embed(texts, options, headers)
+        return contract.embedding_response(payload, self.name, embedded.embeddings)
+
+    async def embed(
+        self, texts: Sequence[str], options: EmbedOptions, headers: dict[str, str] | None, field: str = contract.TEXT
+    ) -> Embedded:
+        """Embeddings of ``texts``: cached ones from the embedding cache, the rest (each distinct
+        text once) tokenized through the token cache and sent to the predictor in one request."""
+        assert self.tokens is not None and self.embedding_cache is not None
+        settings = self.tokens.settings_key
+        cache = self.embedding_cache
+        found = cache.lookup(texts, settings, options) if cache.enabled else [None] * len(texts)
+        first_index: dict[str, int] = {}
+        for index, (text, entry) in enumerate(zip(texts, found, strict=True)):
+            if entry is None and text not in first_index:
+                first_index[text] = index
+        vectors: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        if first_index:
+            missing = list(first_index)
+            rows = self.tokens.encode(missing, field, positions=list(first_index.values()))
+            ids, mask = pad_batch(rows, self.tokens.pad_id)
+            request = contract.token_request(self.name, ids, mask, options, binary=self.settings.binary)
+            embeddings = await self._forward(request, headers, len(rows))
+            for text, row, vector in zip(missing, rows, embeddings, strict=True):
+                vectors[text] = vector
+                counts[text] = len(row)
+                if cache.enabled:
+                    cache.store(text, settings, options, vector, len(row))
+        dimension = next(iter(vectors.values())).shape[0] if vectors else found[0].vector.shape[0]
+        out = np.empty((len(texts), dimension), dtype=np.float32)
+        token_counts = []
+        for index, (text, entry) in enumerate(zip(texts, found, strict=True)):
+            if entry is None:
+                out[index] = vectors[text]
+                token_counts.append(counts[text])
+            else:
+                out[index] = entry.vector
+                token_counts.append(entry.tokens)
+        return Embedded(out, token_counts)
+
+    async def _http_predict(
+        self,
+        payload: InferRequest | dict,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse | dict:
+        """kserve 0.21's version always adds `Content-Type: application/json`, next to the
+        `application/octet-stream` its client sets for binary tensor data; the predictor then
+        tries to parse the binary body as JSON (400). Without it the client sets the right one."""
+        config = self.predictor_config
+        assert config is not None
+        return await self._http_client.infer(
+            config.predictor_base_url,
+            model_name=self.name,
+            data=payload,
+            headers=append_forwardable_headers(headers),
+            response_headers=response_headers,
+        )
+
+    async def _forward(self, request: InferRequest, headers: dict[str, str] | None, expected: int) -> np.ndarray:
+        """One V2 call to the predictor through kserve's client; failures become PredictorError."""
+        config = self.predictor_config
+        host = config.predictor_host if config else "(no --predictor_host)"
+        protocol = config.protocol if config else "unset"
+        started = time.perf_counter()
+        try:
+            response = await super().predict(request, headers)
+        except httpx.HTTPError as exc:
+            raise upstream.from_http(exc, host) from exc
+        except grpc.RpcError as exc:
+            raise upstream.from_grpc(exc, host) from exc
+        finally:
+            metrics.PREDICTOR_SECONDS.labels(model=self.name, protocol=protocol).observe(time.perf_counter() - started)
+        try:
+            embeddings = contract.embeddings_from_response(response)
+        except InvalidInput as exc:
+            raise upstream.PredictorError(502, f"predictor {host} answered without embeddings: {exc}") from exc
+        if embeddings.ndim != 2 or embeddings.shape[0] != expected:
+            raise upstream.PredictorError(
+                502, f"predictor {host} answered {list(embeddings.shape)} embeddings for {expected} texts"
+            )
+        return embeddings

@@ -1,0 +1,84 @@
+"""Token ids with an LRU cache in front of the tokenizer.
+
+Keyed by the exact text and the tokenizer's settings (max length, truncation), so a cached row is
+exactly what the predictor would make itself. Only a request's misses reach the tokenizer, in one
+batched call; a text repeated inside one request is tokenized once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from kserve.errors import InvalidInput
+
+from predictor.tokenization import TextTokenizer
+from transformer import metrics
+from transformer.lru import ByteBoundedLRU
+
+TokenKey = tuple[tuple[int, bool], str]
+
+
+class CachingTokenizer:
+    def __init__(self, tokenizer: TextTokenizer, max_entries: int, max_bytes: int, model_name: str):
+        self.tokenizer = tokenizer
+        self.cache: ByteBoundedLRU[TokenKey, np.ndarray] = ByteBoundedLRU(max_entries, max_bytes)
+        self.metrics = metrics.CacheMetrics("tokenizer", model_name, lambda: len(self.cache), lambda: self.cache.bytes)
+        self.seconds = metrics.TOKENIZE_SECONDS.labels(model=model_name)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def settings_key(self) -> tuple[int, bool]:
+        return self.tokenizer.settings_key
+
+    def encode(self, texts: Sequence[str], field: str, positions: Sequence[int] | None = None) -> list[np.ndarray]:
+        """One read-only int64 row per text (unpadded). ``field`` and ``positions`` (each text's
+        index in the client's request, default its index here) name the culprit in errors."""
+        settings = self.settings_key
+        rows: list[np.ndarray | None] = [None] * len(texts)
+        misses: dict[str, list[int]] = {}
+        for index, text in enumerate(texts):
+            row = self.cache.get((settings, text))
+            if row is None:
+                misses.setdefault(text, []).append(index)
+            else:
+                rows[index] = row
+        missed = sum(len(indices) for indices in misses.values())
+        self.metrics.hits.inc(len(texts) - missed)
+        if misses:
+            self.metrics.misses.inc(missed)
+            started = time.perf_counter()
+            encoded = self._encode_misses(misses, field, positions)
+            self.seconds.observe(time.perf_counter() - started)
+            evicted = 0
+            for (text, indices), row in zip(misses.items(), encoded, strict=True):
+                row.setflags(write=False)
+                evicted += self.cache.put((settings, text), row, sys.getsizeof(text) + row.nbytes)
+                for index in indices:
+                    rows[index] = row
+            self.metrics.evictions.inc(evicted)
+        return rows  # type: ignore[return-value]
+
+    def _encode_misses(
+        self, misses: dict[str, list[int]], field: str, positions: Sequence[int] | None
+    ) -> list[np.ndarray]:
+        try:
+            return self.tokenizer.encode(list(misses), field)
+        except InvalidInput:
+            # Too long with truncation off: name the item by its index in the request, not by its
+            # index among the misses the tokenizer saw.
+            for text, indices in misses.items():
+                try:
+                    self.tokenizer.encode([text], field)
+                except InvalidInput:
+                    position = positions[indices[0]] if positions is not None else indices[0]
+                    raise InvalidInput(
+                        f"input '{field}' item {position} is longer than {self.tokenizer.max_seq_length} "
+                        "tokens and truncation is off"
+                    ) from None
+            raise
