@@ -7,6 +7,7 @@ it sees every status, including the 4xx/5xx that kserve produces before a model 
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import Model, ModelServer, model_server
 from kserve.errors import InvalidInput
+from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 
 from predictor import metrics
@@ -149,15 +151,19 @@ class ClientDecodingDataPlane(DataPlane):
             raise InvalidInput(f"malformed V2 request: {exc}") from exc
 
 
-def serve(
-    model: Model, workers: int = 1, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, grace_period_s: int = 30
-) -> None:
+def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorConfig | None = None) -> None:
     """Starts kserve's ModelServer for one loaded model, with kembed's edges installed.
 
-    On SIGTERM uvicorn stops accepting connections and waits up to `grace_period_s` for every
-    request in flight, so everything already in the batcher's queue is answered before exit.
+    On SIGTERM uvicorn stops accepting connections and waits up to `--grace_period_seconds` for
+    every request in flight, so everything already in the batcher's queue is answered before exit.
     """
-    install(model_server.app, model.name, max_body_bytes)
-    server = ModelServer(workers=workers, grace_period=grace_period_s)
+    install(model_server.app, model.name, args.max_body_bytes)
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.server_workers,
+        grace_period=args.grace_period_seconds,
+        predictor_config=predictor_config,
+    )
     server.dataplane = ClientDecodingDataPlane(server.registered_models)
     server.start([model])

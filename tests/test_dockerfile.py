@@ -249,7 +249,8 @@ def test_build_context_excludes_venv_and_git_but_not_what_the_image_copies(build
 def test_empty_model_dir_env_means_the_bundled_model(monkeypatch):
     """The image sets KEMBED_MODEL_DIR to "" unless a model was baked in; the predictor must read that as unset."""
     monkeypatch.setenv("KEMBED_MODEL_DIR", "")
-    from predictor.__main__ import build_parser, bundled_model_dir, settings_from_args
+    from predictor.__main__ import build_parser, settings_from_args
+    from predictor.cli import bundled_model_dir
 
     args, _ = build_parser().parse_known_args([])
     assert settings_from_args(args).model_dir == Path(bundled_model_dir())

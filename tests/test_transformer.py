@@ -14,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from predictor.__main__ import bundled_model_dir
+from predictor.cli import bundled_model_dir
 from predictor.model_spec import read_model_spec
 from predictor.tokenization import TextTokenizer
 from tests.conftest import MODEL_NAME

@@ -10,7 +10,7 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from kserve.errors import InvalidInput
 
-from predictor.__main__ import bundled_model_dir
+from predictor.cli import bundled_model_dir
 from predictor.tokenization import TextTokenizer
 from transformer import upstream
 from transformer.lru import ByteBoundedLRU

@@ -11,25 +11,22 @@ import argparse
 import logging
 from pathlib import Path
 
-from kserve import ModelServer, model_server
-from kserve import logging as kserve_logging
+from kserve import model_server
 from kserve.predictor_config import PredictorConfig
 from kserve.utils.utils import strtobool
 
-from predictor import http
-from predictor.__main__ import bundled_model_dir, env
+from predictor import cli, http
 from transformer import openai_api, upstream
 from transformer.model import MIB, EmbeddingTransformer, TransformerSettings
 from transformer.upstream import PredictorError
 
 logger = logging.getLogger("kembed.transformer")
+env = cli.env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        parents=[model_server.parser],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="kembed transformer: tokenizes (with an LRU cache) and forwards token ids to the predictor",
+    parser = cli.base_parser(
+        "kembed transformer: tokenizes (with an LRU cache) and forwards token ids to the predictor"
     )
     parser.set_defaults(
         predictor_host=env("predictor_host", None),
@@ -37,13 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         predictor_request_timeout_seconds=env("predictor_timeout_seconds", 30),
     )
     add = parser.add_argument
-    add("--model_dir", default=env("model_dir", None), help="model directory for the tokenizer (default: bundled)")
-    add("--max_seq_length", type=int, default=env("max_seq_length", 0),
-        help="token limit per text; 0 = model's own (must match the predictor)")
-    add("--truncate", type=strtobool, default=env("truncate", "true"),
-        help="truncate long texts (else 400); must match the predictor")
-    add("--max_items_per_request", type=int, default=env("max_items_per_request", 256),
-        help="texts per request before 400")
     add("--tokenizer_cache_size", type=int, default=env("tokenizer_cache_size", 65536),
         help="token-id cache entries; 0 = off")
     add("--tokenizer_cache_bytes", type=int, default=env("tokenizer_cache_bytes", 64 * MIB),
@@ -54,17 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedding cache bytes (texts + vectors)")
     add("--predictor_binary", type=strtobool, default=env("predictor_binary", "true"),
         help="REST hop: token ids as V2 binary tensor data (else JSON number arrays)")
-    add("--max_body_bytes", type=int, default=env("max_body_bytes", http.DEFAULT_MAX_BODY_BYTES),
-        help="request bodies over this size get 413 before parsing")
-    add("--grace_period_seconds", type=int, default=env("grace_period_seconds", 30),
-        help="on SIGTERM, how long to finish requests in flight before exiting")
-    add("--server_workers", type=int, default=env("workers", 1), help="HTTP worker processes")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> TransformerSettings:
     return TransformerSettings(
-        model_dir=Path(args.model_dir or bundled_model_dir()),
+        model_dir=Path(cli.model_dir(args)),
         max_seq_length=args.max_seq_length,
         truncate=bool(args.truncate),
         max_items_per_request=args.max_items_per_request,
@@ -89,52 +74,24 @@ def predictor_config_from_args(args: argparse.Namespace) -> PredictorConfig:
     )
 
 
-def configure_logging(args: argparse.Namespace) -> None:
-    """kserve configures only its own loggers, and only when ModelServer is built (after the
-    load): do it now, and send `kembed.*` through the same handlers and format."""
-    if not args.configure_logging:
-        return
-    kserve_logging.configure_logging(args.log_config_file)
-    kembed, kserve = logging.getLogger("kembed"), logging.getLogger("kserve")
-    if not kembed.handlers:
-        kembed.handlers = list(kserve.handlers)
-        kembed.setLevel(kserve.level)
-        kembed.propagate = False
-
-
 def main() -> None:
     parser = build_parser()
     args, _ = parser.parse_known_args()
-    configure_logging(args)
+    cli.prepare(args)
     if not args.predictor_host:
         parser.error("--predictor_host (or KEMBED_PREDICTOR_HOST) is required: host:port of the predictor")
     if args.predictor_protocol == "v1":
         parser.error("--predictor_protocol v1 is not supported: the predictor speaks V2 (v2 or grpc-v2)")
-    if args.workers != args.server_workers:
-        logger.warning(
-            "--workers %d ignored; serving with %d worker(s): set KEMBED_WORKERS to change it",
-            args.workers, args.server_workers,
-        )
     model = EmbeddingTransformer(args.model_name, settings_from_args(args))
     model.load()
     app = model_server.app
-    http.install(app, args.model_name, args.max_body_bytes)
     app.add_exception_handler(PredictorError, upstream.predictor_error_handler)
     openai_api.install(app, model)
     logger.info(
         "forwarding to predictor %s over %s (timeout %ss, binary=%s)", args.predictor_host,
         args.predictor_protocol, args.predictor_request_timeout_seconds, model.settings.binary,
     )
-    # predictor.http.serve() with a PredictorConfig: kserve would build one from its own defaults.
-    server = ModelServer(
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        workers=args.server_workers,
-        grace_period=args.grace_period_seconds,
-        predictor_config=predictor_config_from_args(args),
-    )
-    server.dataplane = http.ClientDecodingDataPlane(server.registered_models)
-    server.start([model])
+    http.serve(model, args, predictor_config_from_args(args))
 
 
 if __name__ == "__main__":

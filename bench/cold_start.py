@@ -1,0 +1,87 @@
+"""Cold start: process exec -> ready, and exec -> first embedding, for predictor and transformer.
+
+    python -m bench.cold_start [--runs 5]
+
+Scale-to-zero only pays if a pod wakes fast. Each run starts a fresh process and polls every 10 ms.
+The transformer runs are made against one predictor that stays up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import ROOT, free_port, start_server
+
+MODEL = "minilm"
+BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
+
+
+def one_run(module: str, extra: list[str]) -> tuple[float, float]:
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", module, "--model_name", MODEL, "--http_port", str(port),
+               "--grpc_port", str(free_port()), *extra]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    ready_at = first_at = None
+    try:
+        with httpx.Client(timeout=30) as client:
+            while ready_at is None:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{module} exited with {process.returncode}")
+                try:
+                    if client.get(f"{base}/v2/models/{MODEL}/ready").status_code == 200:
+                        ready_at = time.perf_counter()
+                except httpx.HTTPError:
+                    time.sleep(0.01)
+            while first_at is None:
+                if client.post(f"{base}/v2/models/{MODEL}/infer", json=BODY).status_code == 200:
+                    first_at = time.perf_counter()
+    finally:
+        process.terminate()
+        process.wait(30)
+    return ready_at - started, first_at - started
+
+
+def summarize(name: str, runs: list[tuple[float, float]]) -> str:
+    ready = [r for r, _ in runs]
+    first = [f for _, f in runs]
+
+    def triple(values: list[float]) -> str:
+        return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+    return f"| {name} | {len(runs)} | {triple(ready)} | {triple(first)} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    one_run("predictor", [])  # fill the page cache so every measured run starts alike
+    predictor_runs = [one_run("predictor", []) for _ in range(args.runs)]
+    log = tempfile.mkdtemp()
+    upstream = start_server("predictor", ["--model_name", MODEL], Path(log) / "p.log",
+                            ready_path=f"/v2/models/{MODEL}/ready")
+    try:
+        host = f"127.0.0.1:{upstream.http_port}"
+        transformer_runs = [one_run("transformer", ["--predictor_host", host]) for _ in range(args.runs)]
+    finally:
+        upstream.stop()
+    print("\n| service | runs | exec -> ready s (min/median/max) | exec -> first embedding s (min/median/max) |")
+    print("|---|---:|---:|---:|")
+    print(summarize("predictor", predictor_runs))
+    print(summarize("transformer", transformer_runs))
+
+
+if __name__ == "__main__":
+    main()
