@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest wait for a batch to fill after its first item arrived")
     add("--queue_size", type=int, default=env("queue_size", BatchLimits.queue_size),
         help="items waiting for a forward pass before requests get 429")
+    add("--pass_cost_tokens", type=float, default=env("pass_cost_tokens", -1),
+        help="fixed cost of a forward pass in tokens, for length grouping; -1 = measure at warm-up")
+    add("--pipeline_depth", type=int, default=env("pipeline_depth", BatchLimits.pipeline_depth),
+        help="batches handed to the device at once; 2 hides batch preparation behind GPU work")
     return parser
 
 
@@ -44,11 +48,13 @@ def settings_from_args(args: argparse.Namespace) -> PredictorSettings:
         truncate=bool(args.truncate),
         threads=args.threads,
         max_items_per_request=args.max_items_per_request,
+        pass_cost_tokens=args.pass_cost_tokens,
         limits=BatchLimits(
             max_batch_size=args.max_batch_size,
             max_batch_tokens=args.max_batch_tokens,
             max_latency_ms=args.max_latency_ms,
             queue_size=args.queue_size,
+            pipeline_depth=args.pipeline_depth,
         ),
     )
 

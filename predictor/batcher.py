@@ -3,9 +3,14 @@
 Requests are split into items (one token-id row each) that wait in one bounded queue. One asyncio
 loop forms batches of at most `max_batch_size` items and `max_batch_tokens` padded tokens, waiting
 at most `max_latency_ms` after the oldest item arrived. A batch is built around the oldest item
-(so nothing starves) from the waiting items nearest to it in length (so padding stays small).
-Forward passes run on one worker thread; up to `pipeline_depth` batches are handed to it, so the
-next batch is formed while one runs.
+(so nothing starves) from the waiting items nearest to it in length, and an item joins only when
+that costs less than running it in a pass of its own: on a CPU, padding is the enemy (a batch of
+mixed lengths can be slower than the same texts one by one), while on a GPU a pass has a large
+fixed cost and nearly everything joins. That fixed cost, in token units, is measured at warm-up.
+
+Forward passes run on one worker thread. While one runs, the queue fills; the next batch is
+chosen from everything waiting the moment the worker is free (`pipeline_depth` 1), or handed to
+it in advance (`pipeline_depth` 2, which hides host-side preparation behind GPU work).
 """
 
 from __future__ import annotations
@@ -50,8 +55,8 @@ class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     max_latency_ms: float = 5.0
-    queue_size: int = 512
-    pipeline_depth: int = 2
+    queue_size: int = 2048
+    pipeline_depth: int = 1
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "queue_size", "pipeline_depth"):
@@ -65,11 +70,12 @@ def padded_tokens(lengths: Sequence[int]) -> int:
     return len(lengths) * max(lengths) if lengths else 0
 
 
-def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
+def select_batch(lengths: Sequence[int], limits: BatchLimits, pass_cost_tokens: float = 0.0) -> list[int]:
     """Indices of the next batch among waiting items (index 0 is the oldest).
 
-    The oldest item is always taken; the others are added nearest-length first while the batch
-    stays within the item and padded-token budgets.
+    The oldest item is always taken. The others are tried nearest-length first and join while the
+    batch stays within the item and padded-token budgets and while joining is cheaper than a pass
+    of their own: padded tokens after <= padded tokens before + own length + `pass_cost_tokens`.
     """
     anchor = lengths[0]
     order = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
@@ -79,7 +85,10 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
         if len(chosen) >= limits.max_batch_size:
             break
         candidate_longest = max(longest, lengths[index])
-        if candidate_longest * (len(chosen) + 1) > limits.max_batch_tokens:
+        padded_after = candidate_longest * (len(chosen) + 1)
+        if padded_after > limits.max_batch_tokens:
+            continue
+        if padded_after > longest * len(chosen) + lengths[index] + pass_cost_tokens:
             continue
         chosen.append(index)
         longest = candidate_longest
@@ -87,9 +96,12 @@ def select_batch(lengths: Sequence[int], limits: BatchLimits) -> list[int]:
 
 
 class Batcher:
-    def __init__(self, forward: Forward, limits: BatchLimits, model_name: str = "model"):
+    def __init__(
+        self, forward: Forward, limits: BatchLimits, model_name: str = "model", pass_cost_tokens: float = 0.0
+    ):
         self._forward = forward
         self.limits = limits
+        self.pass_cost_tokens = pass_cost_tokens
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kembed-forward")
@@ -174,7 +186,7 @@ class Batcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        chosen = select_batch([len(item.ids) for item in self._pending], self.limits)
+        chosen = select_batch([len(item.ids) for item in self._pending], self.limits, self.pass_cost_tokens)
         chosen_set = set(chosen)
         batch = [self._pending[i] for i in chosen]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen_set]

@@ -40,7 +40,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description=description,
     )
+    # kserve logs three lines per request (access, latency, timing): on a 2-core pod that is CPU
+    # taken from the model, and Knative's queue-proxy already logs requests.
+    parser.set_defaults(enable_latency_logging=strtobool(str(env("latency_logging", "false"))))
     add = parser.add_argument
+    add("--access_log", type=strtobool, default=env("access_log", "false"),
+        help="log every request (uvicorn access log and kserve timing lines)")
     add("--model_dir", default=env("model_dir", None), help="model directory (default: the bundled model)")
     add("--max_seq_length", type=int, default=env("max_seq_length", 0),
         help="token limit per text; 0 = the model's own (keep equal on predictor and transformer)")
@@ -77,6 +82,9 @@ def prepare(args: argparse.Namespace) -> None:
             logger.handlers = list(kserve.handlers)
             logger.setLevel(kserve.level)
             logger.propagate = False
+    if not args.access_log:
+        for name in ("uvicorn.access", "kserve.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.workers != args.server_workers:
         logger.warning(
             "--workers %d ignored (each worker would hold another model copy); serving with %d worker(s): "

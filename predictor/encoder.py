@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,6 +44,26 @@ class Encoder:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = pool(hidden, attention_mask, self.spec.pooling)
         return pooled.float().cpu().numpy()
+
+    def measure_pass_cost_tokens(self, pad_id: int = 0, repeats: int = 2) -> float:
+        """The fixed cost of one forward pass, in tokens: how many tokens of work a pass costs
+        before its first token. Fits time = fixed + per_token x tokens through a 1 x 16 and an
+        8 x 64 batch; this is also the warm-up. Small on a CPU, large on a GPU."""
+        small = [np.full(16, pad_id, dtype=np.int64)]
+        large = [np.full(64, pad_id, dtype=np.int64)] * 8
+
+        def best_seconds(rows: list[np.ndarray]) -> float:
+            timings = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self(rows)
+                timings.append(time.perf_counter() - started)
+            return min(timings)
+
+        self(small)  # first pass: allocations and kernel selection, not representative
+        t_small, t_large = best_seconds(small), best_seconds(large)
+        per_token = max(t_large - t_small, 1e-9) / (8 * 64 - 16)
+        return max(0.0, t_small / per_token - 16)
 
     def memory_bytes(self) -> int:
         if self.device.type == "cuda":

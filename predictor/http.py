@@ -12,13 +12,18 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, ORJSONResponse, Response
 from kserve import Model, ModelServer, model_server
-from kserve.errors import InvalidInput
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, PredictorProtocol
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferResponse, to_http_parameters
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from pydantic import ValidationError
 
 from predictor import metrics
 from predictor.batcher import BatcherClosed, QueueFull
@@ -151,6 +156,68 @@ class ClientDecodingDataPlane(DataPlane):
             raise InvalidInput(f"malformed V2 request: {exc}") from exc
 
 
+class V2InferRoute:
+    """`POST /v2/models/{name}/infer` on kserve's own codecs, without FastAPI's generic response
+    path: kserve's endpoint returns a pydantic model that FastAPI walks with jsonable_encoder and
+    fills float by float, which costs more CPU than the model on small requests. Requests are
+    parsed by pydantic straight from JSON bytes (or the V2 binary extension), decoded and run by
+    kserve's DataPlane; JSON responses are written by orjson from the numpy arrays."""
+
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
+
+    async def __call__(self, request: Request, model_name: str) -> Response:
+        if not await self.dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        body = await request.body()
+        headers = dict(request.headers)
+        if INFERENCE_CONTENT_LENGTH_HEADER in headers:
+            payload: Any = body
+        else:
+            try:
+                payload = InferenceRequest.model_validate_json(body)
+            except ValidationError as exc:
+                raise RequestValidationError(exc.errors(include_input=False)) from exc
+        infer_request, _ = self.dataplane.decode(
+            payload, headers, protocol_version=PredictorProtocol.REST_V2.value, model_name=model_name
+        )
+        response, response_headers = await self.dataplane.infer(model_name, infer_request, headers)
+        if not isinstance(response, InferResponse):
+            return ORJSONResponse(response, headers=response_headers)
+        return self.encode(response, response_headers)
+
+    @staticmethod
+    def encode(response: InferResponse, headers: dict[str, str]) -> Response:
+        wants_binary = response._use_binary_outputs or any(
+            output.binary_data for output in response._requested_outputs or ()
+        )
+        if wants_binary:
+            body, json_length = response.to_rest()
+            if json_length is not None:
+                headers = {**headers, INFERENCE_CONTENT_LENGTH_HEADER: str(json_length)}
+                return Response(body, headers=headers, media_type="application/octet-stream")
+            return ORJSONResponse(body, headers=headers)
+        outputs = [
+            {
+                "name": output.name,
+                "shape": list(output.shape),
+                "datatype": output.datatype,
+                "parameters": None,
+                "data": output.as_numpy().reshape(-1),
+            }
+            for output in response.outputs
+        ]
+        document = {
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+            "id": response.id,
+            "parameters": to_http_parameters(response.parameters) if response.parameters else None,
+            "outputs": outputs,
+        }
+        return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), headers=headers,
+                        media_type="application/json")
+
+
 def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorConfig | None = None) -> None:
     """Starts kserve's ModelServer for one loaded model, with kembed's edges installed.
 
@@ -163,7 +230,11 @@ def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorCon
         grpc_port=args.grpc_port,
         workers=args.server_workers,
         grace_period=args.grace_period_seconds,
+        enable_latency_logging=args.enable_latency_logging,
         predictor_config=predictor_config,
     )
     server.dataplane = ClientDecodingDataPlane(server.registered_models)
+    route = V2InferRoute(server.dataplane)
+    for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
+        model_server.app.add_api_route(path, route, methods=["POST"], include_in_schema=False)
     server.start([model])

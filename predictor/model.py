@@ -31,6 +31,7 @@ class PredictorSettings:
     truncate: bool = True
     threads: int = 0
     max_items_per_request: int = 256
+    pass_cost_tokens: float = -1.0
     limits: BatchLimits = field(default_factory=BatchLimits)
 
 
@@ -63,17 +64,20 @@ class EmbeddingModel(Model):
         torch.set_num_threads(threads)
         self.tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
         encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id)
-        warmup_length = min(16, self.spec.max_seq_length)
-        encoder([np.full(warmup_length, self.tokenizer.pad_id, dtype=np.int64)] * 2)
-        self.batcher = Batcher(encoder, settings.limits, self.name)
+        pass_cost = settings.pass_cost_tokens
+        if pass_cost < 0:
+            pass_cost = encoder.measure_pass_cost_tokens(self.tokenizer.pad_id)
+        else:
+            encoder([np.full(min(16, self.spec.max_seq_length), self.tokenizer.pad_id, dtype=np.int64)])
+        self.batcher = Batcher(encoder, settings.limits, self.name, pass_cost_tokens=pass_cost)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)
         if self.device.startswith("cuda"):
             metrics.GPU_MEMORY.labels(model=self.name).set_function(encoder.memory_bytes)
         logger.info(
-            "loaded %s on %s (%s, %d threads, pooling=%s, dim=%d, max_seq_length=%d) in %.2fs",
+            "loaded %s on %s (%s, %d threads, pooling=%s, dim=%d, max_seq_length=%d, pass cost %.0f tokens) in %.2fs",
             settings.model_dir, self.device, dtype, threads, self.spec.pooling,
-            self.spec.dimension, self.spec.max_seq_length, seconds,
+            self.spec.dimension, self.spec.max_seq_length, pass_cost, seconds,
         )
         self.ready = True
         return self.ready

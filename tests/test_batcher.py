@@ -29,22 +29,36 @@ def row(first: int, length: int) -> np.ndarray:
     return np.arange(first, first + length, dtype=np.int64)
 
 
+FREE_PASSES = 1e9  # a pass cost so high that padding never keeps an item out
+
+
 def test_select_batch_takes_oldest_and_nearest_lengths() -> None:
     limits = BatchLimits(max_batch_size=3, max_batch_tokens=10_000)
     lengths = [50, 5, 48, 200, 51, 52]
-    assert select_batch(lengths, limits) == [0, 2, 4]
+    assert select_batch(lengths, limits, FREE_PASSES) == [0, 2, 4]
 
 
 def test_select_batch_honours_token_budget() -> None:
     limits = BatchLimits(max_batch_size=32, max_batch_tokens=100)
-    chosen = select_batch([30, 30, 30, 30, 30], limits)
+    chosen = select_batch([30, 30, 30, 30, 30], limits, FREE_PASSES)
     assert chosen == [0, 1, 2]
     assert padded_tokens([30] * len(chosen)) <= 100
 
 
 def test_select_batch_always_takes_the_oldest_even_when_it_alone_is_over_budget() -> None:
     limits = BatchLimits(max_batch_size=4, max_batch_tokens=64)
-    assert select_batch([100, 3, 3], limits) == [0]
+    assert select_batch([100, 3, 3], limits, FREE_PASSES) == [0]
+
+
+def test_select_batch_joins_only_when_cheaper_than_a_pass_of_its_own() -> None:
+    limits = BatchLimits(max_batch_size=32, max_batch_tokens=10_000)
+    # pass cost 40 tokens: a 10-token item next to a 200-token one would cost 190 padded tokens
+    # more than running alone, so it waits; items within 40 tokens of each other batch together
+    assert select_batch([200, 10, 190, 12, 170], limits, pass_cost_tokens=40) == [0, 2, 4]
+    assert select_batch([10, 200, 12, 190, 30], limits, pass_cost_tokens=40) == [0, 2, 4]
+    # the longer item may join while the padding it adds to the others stays under one pass
+    assert select_batch([20, 30], limits, pass_cost_tokens=10) == [0, 1]
+    assert select_batch([20, 20, 20, 30], limits, pass_cost_tokens=10) == [0, 1, 2]
 
 
 def test_limits_reject_nonsense() -> None:
@@ -56,7 +70,9 @@ def test_limits_reject_nonsense() -> None:
 
 def test_results_return_in_order_to_their_own_requests_under_concurrency() -> None:
     forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=8, max_batch_tokens=4096, max_latency_ms=2))
+    batcher = Batcher(
+        forward, BatchLimits(max_batch_size=8, max_batch_tokens=4096, max_latency_ms=2), pass_cost_tokens=64
+    )
 
     async def run() -> list[tuple[list[np.ndarray], np.ndarray]]:
         rng = np.random.default_rng(3)
@@ -81,7 +97,7 @@ def test_batches_respect_size_and_token_limits() -> None:
     gate = threading.Event()
     forward = RecordingForward(gate)
     limits = BatchLimits(max_batch_size=4, max_batch_tokens=120, max_latency_ms=1, pipeline_depth=1)
-    batcher = Batcher(forward, limits)
+    batcher = Batcher(forward, limits, pass_cost_tokens=FREE_PASSES)
 
     async def run() -> None:
         blocker = asyncio.ensure_future(batcher.embed([row(0, 3)]))
@@ -106,7 +122,7 @@ def test_batches_respect_size_and_token_limits() -> None:
 
 def test_latency_window_gathers_items_that_arrive_within_it() -> None:
     forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=300))
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=300), pass_cost_tokens=FREE_PASSES)
 
     async def run() -> None:
         first = asyncio.ensure_future(batcher.embed([row(1, 5)]))
@@ -179,7 +195,7 @@ def test_forward_errors_reach_every_waiting_request() -> None:
 
 def test_drain_answers_everything_accepted_then_refuses_new_work() -> None:
     forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=4, max_latency_ms=200))
+    batcher = Batcher(forward, BatchLimits(max_batch_size=4, max_latency_ms=200), pass_cost_tokens=FREE_PASSES)
 
     async def run() -> None:
         accepted = [asyncio.ensure_future(batcher.embed([row(i, 5)])) for i in range(10)]
