@@ -28,19 +28,25 @@ class LoadResult:
         return self.items / self.seconds if self.seconds else 0.0
 
 
-async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> int:
+async def _post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes
+) -> tuple[int, float]:
+    """Sends one request; returns (status, Retry-After seconds or 0)."""
     writer.write(head + body)
     status_line = await reader.readline()
-    length = 0
+    length, retry_after = 0, 0.0
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b""):
             break
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
+        elif name == b"retry-after":
+            retry_after = float(value)
     await reader.readexactly(length)
-    return int(status_line.split()[1])
+    return int(status_line.split()[1]), retry_after
 
 
 async def closed_loop(
@@ -51,8 +57,10 @@ async def closed_loop(
     seconds: float,
     content_type: str = "application/json",
     max_requests: int = 1_000_000,
+    honour_retry_after: bool = False,
 ) -> LoadResult:
-    """`concurrency` clients each send the next (body, item count) as soon as the last answers."""
+    """`concurrency` clients each send the next (body, item count) as soon as the last answers
+    (or, with `honour_retry_after`, after the pause a 429 asks for)."""
     result = LoadResult(seconds=0.0)
     next_index = 0
     deadline = time.perf_counter() + seconds
@@ -69,11 +77,13 @@ async def closed_loop(
                     f"Content-Length: {len(body)}\r\n\r\n"
                 ).encode()
                 started = time.perf_counter()
-                status = await _post(reader, writer, head, body)
+                status, retry_after = await _post(reader, writer, head, body)
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if status == 200:
                     result.items += items
+                elif honour_retry_after and retry_after:
+                    await asyncio.sleep(min(retry_after, max(0.0, deadline - time.perf_counter())))
         finally:
             writer.close()
 

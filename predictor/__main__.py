@@ -64,7 +64,7 @@ def main() -> None:
     cli.prepare(args)
     model = EmbeddingModel(args.model_name, settings_from_args(args))
     model.load()
-    http.serve(model, args)
+    http.serve(model, args, admission=model.overloaded)
 
 
 if __name__ == "__main__":

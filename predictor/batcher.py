@@ -133,6 +133,10 @@ class Batcher:
         self._wakeup.set()
         return np.stack(await asyncio.gather(*(item.future for item in items)))
 
+    def full(self) -> int | None:
+        """Retry-After seconds when no item fits in the queue now, else None."""
+        return self._retry_after() if len(self._pending) >= self.limits.queue_size else None
+
     def _retry_after(self) -> int:
         """Seconds until the queue has likely drained: batches needed x time per batch."""
         batches = self.limits.queue_size / self.limits.max_batch_size

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from kserve import Model, ModelServer, model_server
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, PredictorProtocol
 from kserve.errors import InvalidInput, ModelNotReady
@@ -38,14 +38,21 @@ COUNTED_SUFFIXES = ("/infer", "/embeddings")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+Admission = Callable[[], "int | None"]
+
+
 class EdgeMiddleware:
     """Refuses bodies over `max_body_bytes` with 413 before they are parsed (by the declared
-    Content-Length, or while streaming a chunked body), and counts embedding requests by status."""
+    Content-Length, or while streaming a chunked body), sheds embedding requests with 429 before
+    they are parsed when `admission` says the server is full (under a 429 storm, parsing and
+    tokenizing requests only to refuse them would eat the CPU the model needs), and counts
+    embedding requests by status."""
 
-    def __init__(self, app: ASGIApp, model_name: str, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, model_name: str, max_body_bytes: int, admission: Admission | None = None):
         self.app = app
         self.model_name = model_name
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
         self.duration = metrics.REQUEST_DURATION.labels(model=model_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,8 +87,11 @@ class EdgeMiddleware:
                 return await refuse()
             return message
 
+        retry_after = self.admission() if counted and self.admission is not None else None
         try:
-            if _declared_length(scope) > self.max_body_bytes:
+            if retry_after is not None:
+                await self._shed(send_and_record, retry_after)
+            elif _declared_length(scope) > self.max_body_bytes:
                 await refuse()
             else:
                 await self.app(scope, limited_receive, send_and_record)
@@ -92,6 +102,14 @@ class EdgeMiddleware:
             if counted:
                 metrics.REQUESTS.labels(model=self.model_name, status=str(status)).inc()
                 self.duration.observe(time.perf_counter() - started)
+
+    async def _shed(self, send: Send, retry_after: int) -> None:
+        response = JSONResponse(
+            status_code=429,
+            content={"error": f"the embedding queue is full; retry after {retry_after} s"},
+            headers={"Retry-After": str(retry_after)},
+        )
+        await response({"type": "http"}, _no_body, send)
 
     async def _too_large(self, send: Send) -> None:
         response = JSONResponse(
@@ -135,9 +153,11 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": f"invalid request: {problems or exc}"})
 
 
-def install(app: FastAPI, model_name: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+def install(
+    app: FastAPI, model_name: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None
+) -> None:
     """Adds kembed's middleware and overload handlers to kserve's FastAPI app (before start)."""
-    app.add_middleware(EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes)
+    app.add_middleware(EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission)
     app.add_exception_handler(QueueFull, queue_full_handler)
     app.add_exception_handler(BatcherClosed, queue_full_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -183,7 +203,7 @@ class V2InferRoute:
         )
         response, response_headers = await self.dataplane.infer(model_name, infer_request, headers)
         if not isinstance(response, InferResponse):
-            return ORJSONResponse(response, headers=response_headers)
+            return json_response(response, response_headers)
         return self.encode(response, response_headers)
 
     @staticmethod
@@ -196,7 +216,7 @@ class V2InferRoute:
             if json_length is not None:
                 headers = {**headers, INFERENCE_CONTENT_LENGTH_HEADER: str(json_length)}
                 return Response(body, headers=headers, media_type="application/octet-stream")
-            return ORJSONResponse(body, headers=headers)
+            return json_response(body, headers)
         outputs = [
             {
                 "name": output.name,
@@ -214,17 +234,27 @@ class V2InferRoute:
             "parameters": to_http_parameters(response.parameters) if response.parameters else None,
             "outputs": outputs,
         }
-        return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), headers=headers,
-                        media_type="application/json")
+        return json_response(document, headers)
 
 
-def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorConfig | None = None) -> None:
+def json_response(document: Any, headers: dict[str, str]) -> Response:
+    return Response(
+        orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), headers=headers, media_type="application/json"
+    )
+
+
+def serve(
+    model: Model,
+    args: argparse.Namespace,
+    predictor_config: PredictorConfig | None = None,
+    admission: Admission | None = None,
+) -> None:
     """Starts kserve's ModelServer for one loaded model, with kembed's edges installed.
 
     On SIGTERM uvicorn stops accepting connections and waits up to `--grace_period_seconds` for
     every request in flight, so everything already in the batcher's queue is answered before exit.
     """
-    install(model_server.app, model.name, args.max_body_bytes)
+    install(model_server.app, model.name, args.max_body_bytes, admission)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

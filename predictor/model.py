@@ -88,6 +88,10 @@ class EmbeddingModel(Model):
     def stop(self) -> None:
         self.ready = False
 
+    def overloaded(self) -> int | None:
+        """Retry-After seconds while the batcher's queue is full (checked before a request is parsed)."""
+        return self.batcher.full() if self.batcher is not None else None
+
     def get_input_types(self) -> list[dict]:
         return contract.input_metadata()
 
