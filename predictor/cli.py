@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 
+from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import logging as kserve_logging
 from kserve import model_server
 from kserve.utils.utils import strtobool
@@ -82,6 +84,9 @@ def prepare(args: argparse.Namespace) -> None:
             logger.handlers = list(kserve.handlers)
             logger.setLevel(kserve.level)
             logger.propagate = False
+    # kserve's app uses ORJSONResponse as its default response class, which FastAPI now deprecates:
+    # one warning per process that no operator can act on.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated", category=FastAPIDeprecationWarning)
     if not args.access_log:
         for name in ("uvicorn.access", "kserve.trace"):
             logging.getLogger(name).setLevel(logging.WARNING)
