@@ -169,6 +169,13 @@ def decode_tokens(request: InferRequest, max_items: int) -> tuple[np.ndarray, np
     return ids, mask
 
 
+def require_v2(payload: object) -> InferRequest:
+    """kserve hands models a dict for V1 (`/v1/models/{name}:predict`) calls; kembed speaks V2 only."""
+    if not isinstance(payload, InferRequest):
+        raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
+    return payload
+
+
 def check_input_names(request: InferRequest) -> None:
     names = [tensor.name for tensor in request.inputs]
     known = {TEXT, INPUT_IDS, ATTENTION_MASK}

@@ -104,8 +104,7 @@ class EmbeddingModel(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
-        if not isinstance(payload, InferRequest):
-            raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
+        payload = contract.require_v2(payload)
         assert self.spec is not None and self.tokenizer is not None and self.batcher is not None
         contract.check_input_names(payload)
         options = contract.parse_options(payload.parameters, self.spec.dimension)

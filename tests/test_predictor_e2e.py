@@ -324,3 +324,9 @@ def test_full_queue_answers_429_with_retry_after(tmp_path) -> None:
         assert sample(scrape(server), "kembed_requests_total", model=MODEL_NAME, status="429") == 1
     finally:
         server.stop()
+
+
+def test_v1_protocol_is_400_pointing_to_v2(predictor: Server) -> None:
+    response = httpx.post(f"{predictor.url}/v1/models/{MODEL_NAME}:predict", json={"instances": ["hello"]})
+    assert response.status_code == 400, response.text
+    assert "V2 protocol" in response.json()["error"]

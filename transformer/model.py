@@ -103,8 +103,7 @@ class EmbeddingTransformer(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
-        if not isinstance(payload, InferRequest):
-            raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
+        payload = contract.require_v2(payload)
         assert self.spec is not None
         contract.check_input_names(payload)
         text = payload.get_input_by_name(contract.TEXT)
