@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import warnings
 
 from fastapi.exceptions import FastAPIDeprecationWarning
@@ -24,8 +25,6 @@ logger = logging.getLogger("kembed")
 def env(name: str, default: object) -> object:
     """Default for a flag: the `KEMBED_<NAME>` environment variable, else ``default``.
     argparse applies the flag's `type` to string defaults, so env values are parsed like flags."""
-    import os
-
     return os.environ.get(f"KEMBED_{name.upper()}", default)
 
 

@@ -37,10 +37,13 @@ NORMALIZE = "normalize"
 DIMENSIONS = "dimensions"
 
 
-def input_metadata() -> list[dict[str, Any]]:
-    """What `/v2/models/{name}` lists as inputs: either `text`, or the two token tensors."""
+def input_metadata(tokens: bool = True) -> list[dict[str, Any]]:
+    """What `/v2/models/{name}` lists as inputs: `text`, or (where accepted) the two token tensors."""
+    text = [{"name": TEXT, "datatype": BYTES, "shape": [-1]}]
+    if not tokens:
+        return text
     return [
-        {"name": TEXT, "datatype": BYTES, "shape": [-1]},
+        *text,
         {"name": INPUT_IDS, "datatype": INT64, "shape": [-1, -1]},
         {"name": ATTENTION_MASK, "datatype": INT64, "shape": [-1, -1]},
     ]

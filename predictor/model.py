@@ -85,9 +85,6 @@ class EmbeddingModel(Model):
     def start(self) -> None:
         """kserve's default start() marks the model ready at once; ours is ready after load()."""
 
-    def stop(self) -> None:
-        self.ready = False
-
     def overloaded(self) -> int | None:
         """Retry-After seconds while the batcher's queue is full (checked before a request is parsed)."""
         return self.batcher.full() if self.batcher is not None else None

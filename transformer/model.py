@@ -88,11 +88,8 @@ class EmbeddingTransformer(Model):
     def start(self) -> None:
         """kserve's default start() marks the model ready at once; ours is ready after load()."""
 
-    def stop(self) -> None:
-        self.ready = False
-
     def get_input_types(self) -> list[dict]:
-        return [{"name": contract.TEXT, "datatype": contract.BYTES, "shape": [-1]}]
+        return contract.input_metadata(tokens=False)
 
     def get_output_types(self) -> list[dict]:
         return contract.output_metadata(self.spec.dimension if self.spec else -1)
