@@ -94,7 +94,7 @@ def window_limit(encoder, rows: list, window: int, pass_cost: float, count: int 
     pending, upcoming = list(rows[:window]), iter(rows[window:])
     started = time.perf_counter()
     while pending:
-        chosen = set(select_batch([len(row) for row in pending], limits, pass_cost))
+        chosen = set(select_batch([len(row) for row in pending], limits, pass_cost, encoder.batch_cost))
         encoder([pending[i] for i in sorted(chosen)])
         pending = [row for i, row in enumerate(pending) if i not in chosen]
         pending.extend(row for _, row in zip(range(window - len(pending)), upcoming, strict=False))

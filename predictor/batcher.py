@@ -1,12 +1,13 @@
 """Dynamic batching: many small requests become few, dense forward passes.
 
 Requests are split into items (one token-id row each) that wait in one bounded queue. One asyncio
-loop forms batches of at most `max_batch_size` items and `max_batch_tokens` padded tokens, waiting
-at most `max_latency_ms` after the oldest item arrived. A batch is built around the oldest item
-(so nothing starves) from the waiting items nearest to it in length, and an item joins only when
-that costs less than running it in a pass of its own: on a CPU, padding is the enemy (a batch of
-mixed lengths can be slower than the same texts one by one), while on a GPU a pass has a large
-fixed cost and nearly everything joins. That fixed cost, in token units, is measured at warm-up.
+loop forms batches of at most `max_batch_size` items and `max_batch_tokens` tokens, waiting at most
+`max_latency_ms` after the oldest item arrived. A batch is built around the oldest item (so nothing
+starves) from the waiting items nearest to it in length, and an item joins only when that costs
+less than running it in a pass of its own. What a batch costs is the encoder's to say: a padded
+batch (transformers backend) pays rows x longest, so on a CPU mixed lengths can be slower together
+than one by one; a packed batch (native backend) pays its real tokens, so everything joins. A pass
+also has a fixed cost, in token units, measured at warm-up: small on a CPU, large on a GPU.
 
 Forward passes run on one worker thread. While one runs, the queue fills; the next batch is
 chosen from everything waiting the moment the worker is free (`pipeline_depth` 1), or handed to
@@ -70,38 +71,49 @@ def padded_tokens(lengths: Sequence[int]) -> int:
     return len(lengths) * max(lengths) if lengths else 0
 
 
-def select_batch(lengths: Sequence[int], limits: BatchLimits, pass_cost_tokens: float = 0.0) -> list[int]:
+BatchCost = Callable[[Sequence[int]], int]
+
+
+def select_batch(
+    lengths: Sequence[int], limits: BatchLimits, pass_cost_tokens: float = 0.0, cost: BatchCost = padded_tokens
+) -> list[int]:
     """Indices of the next batch among waiting items (index 0 is the oldest).
 
     The oldest item is always taken. The others are tried nearest-length first and join while the
-    batch stays within the item and padded-token budgets and while joining is cheaper than a pass
-    of their own: padded tokens after <= padded tokens before + own length + `pass_cost_tokens`.
+    batch stays within the item and token budgets and while joining is cheaper than a pass of their
+    own: cost after <= cost before + own length + `pass_cost_tokens`. `cost` is the encoder's: padded
+    tokens for a padded batch (mixed lengths rarely join), real tokens for a packed one (all join).
     """
     anchor = lengths[0]
     order = sorted(range(1, len(lengths)), key=lambda i: (abs(lengths[i] - anchor), i))
     chosen = [0]
-    longest = anchor
+    chosen_lengths = [anchor]
+    before = cost(chosen_lengths)
     for index in order:
         if len(chosen) >= limits.max_batch_size:
             break
-        candidate_longest = max(longest, lengths[index])
-        padded_after = candidate_longest * (len(chosen) + 1)
-        if padded_after > limits.max_batch_tokens:
-            continue
-        if padded_after > longest * len(chosen) + lengths[index] + pass_cost_tokens:
+        after = cost([*chosen_lengths, lengths[index]])
+        if after > limits.max_batch_tokens or after > before + lengths[index] + pass_cost_tokens:
             continue
         chosen.append(index)
-        longest = candidate_longest
+        chosen_lengths.append(lengths[index])
+        before = after
     return sorted(chosen)
 
 
 class Batcher:
     def __init__(
-        self, forward: Forward, limits: BatchLimits, model_name: str = "model", pass_cost_tokens: float = 0.0
+        self,
+        forward: Forward,
+        limits: BatchLimits,
+        model_name: str = "model",
+        pass_cost_tokens: float = 0.0,
+        cost: BatchCost = padded_tokens,
     ):
         self._forward = forward
         self.limits = limits
         self.pass_cost_tokens = pass_cost_tokens
+        self.cost = cost
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kembed-forward")
@@ -190,7 +202,9 @@ class Batcher:
                 return
 
     def _take_batch(self) -> list[_Item]:
-        chosen = select_batch([len(item.ids) for item in self._pending], self.limits, self.pass_cost_tokens)
+        chosen = select_batch(
+            [len(item.ids) for item in self._pending], self.limits, self.pass_cost_tokens, self.cost
+        )
         chosen_set = set(chosen)
         batch = [self._pending[i] for i in chosen]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen_set]
@@ -200,7 +214,7 @@ class Batcher:
         self._inflight.inc(len(batch))
         lengths = [len(item.ids) for item in batch]
         metrics.BATCH_SIZE.labels(**self._labels).observe(len(batch))
-        metrics.BATCH_TOKENS.labels(**self._labels).observe(padded_tokens(lengths))
+        metrics.BATCH_TOKENS.labels(**self._labels).observe(self.cost(lengths))
         return batch
 
     def _timed_forward(self, batch: list[_Item]) -> np.ndarray:

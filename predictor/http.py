@@ -8,6 +8,7 @@ it sees every status, including the 4xx/5xx that kserve produces before a model 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -267,4 +268,8 @@ def serve(
     route = V2InferRoute(server.dataplane)
     for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
         model_server.app.add_api_route(path, route, methods=["POST"], include_in_schema=False)
+    # The entry points pause the GC while importing and loading (see predictor/__main__.py). What
+    # exists now lives as long as the process: freeze it, so collections while serving skip it.
+    gc.freeze()
+    gc.enable()
     server.start([model])

@@ -25,6 +25,7 @@ logger = logging.getLogger("kembed.predictor")
 class PredictorSettings:
     model_dir: Path
     device: str = "auto"
+    backend: str = "auto"
     dtype: str = "auto"
     pooling: str = "auto"
     max_seq_length: int = 0
@@ -63,20 +64,24 @@ class EmbeddingModel(Model):
         threads = fit_thread_count(settings.threads)
         torch.set_num_threads(threads)
         self.tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
-        encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id)
+        encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id, settings.backend)
+        # The pass cost decides which lengths may share a padded batch; a packed batch costs its
+        # tokens whatever the lengths, so there is nothing to measure (and the start is faster).
         pass_cost = settings.pass_cost_tokens
-        if pass_cost < 0:
-            pass_cost = encoder.measure_pass_cost_tokens(self.tokenizer.pad_id)
+        if pass_cost < 0 and not encoder.packed:
+            pass_cost = encoder.measure_pass_cost_tokens()
         else:
-            encoder([np.full(min(16, self.spec.max_seq_length), self.tokenizer.pad_id, dtype=np.int64)])
-        self.batcher = Batcher(encoder, settings.limits, self.name, pass_cost_tokens=pass_cost)
+            pass_cost = max(pass_cost, 0.0)
+            encoder.warm_up()
+        self.batcher = Batcher(encoder, settings.limits, self.name, pass_cost_tokens=pass_cost, cost=encoder.batch_cost)
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)
         if self.device.startswith("cuda"):
             metrics.GPU_MEMORY.labels(model=self.name).set_function(encoder.memory_bytes)
         logger.info(
-            "loaded %s on %s (%s, %d threads, pooling=%s, dim=%d, max_seq_length=%d, pass cost %.0f tokens) in %.2fs",
-            settings.model_dir, self.device, dtype, threads, self.spec.pooling,
+            "loaded %s on %s (%s backend, %s, %d threads, pooling=%s, dim=%d, max_seq_length=%d, "
+            "pass cost %.0f tokens) in %.2fs",
+            settings.model_dir, self.device, encoder.backend, dtype, threads, self.spec.pooling,
             self.spec.dimension, self.spec.max_seq_length, pass_cost, seconds,
         )
         self.ready = True

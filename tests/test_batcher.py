@@ -61,6 +61,12 @@ def test_select_batch_joins_only_when_cheaper_than_a_pass_of_its_own() -> None:
     assert select_batch([20, 20, 20, 30], limits, pass_cost_tokens=10) == [0, 1, 2]
 
 
+def test_select_batch_with_a_packed_cost_joins_mixed_lengths_up_to_the_token_budget() -> None:
+    """A packed encoder pays real tokens, not padding: the items the padded cost keeps apart join."""
+    limits = BatchLimits(max_batch_size=32, max_batch_tokens=420)
+    assert select_batch([200, 10, 190, 12, 170], limits, pass_cost_tokens=40, cost=sum) == [0, 1, 2, 3]
+
+
 def test_limits_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchLimits(max_batch_size=0)
