@@ -75,7 +75,9 @@ def main() -> None:
     cli.prepare(args)
     model = EmbeddingModel(args.model_name, settings_from_args(args))
     model.load()
-    http.serve(model, args, admission=model.overloaded)
+    in_flight = http.RequestsInFlight()
+    model.batcher.requests_in_flight = in_flight
+    http.serve(model, args, admission=model.overloaded, in_flight=in_flight)
 
 
 if __name__ == "__main__":

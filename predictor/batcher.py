@@ -121,6 +121,9 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Future[np.ndarray]] = set()
         self._closed = False
+        self._requests = 0  # embed() calls waiting for their results
+        # The server's embedding requests in flight, when it counts them (http.RequestsInFlight).
+        self.requests_in_flight: Callable[[], int] | None = None
         self._labels = {"model": model_name}
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
         self._inflight = metrics.INFLIGHT.labels(**self._labels)
@@ -142,8 +145,12 @@ class Batcher:
         items = [_Item(np.asarray(row), loop.create_future()) for row in rows]
         self._pending.extend(items)
         self._queue_depth.set(len(self._pending))
+        self._requests += 1
         self._wakeup.set()
-        return np.stack(await asyncio.gather(*(item.future for item in items)))
+        try:
+            return np.stack(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            self._requests -= 1
 
     def full(self) -> int | None:
         """Retry-After seconds when no item fits in the queue now, else None."""
@@ -185,10 +192,14 @@ class Batcher:
             future.add_done_callback(lambda done, batch=batch: self._deliver(done, batch))
 
     async def _wait_for_batch(self) -> None:
-        """Waits until a full batch is waiting or the oldest item's latency window is over."""
+        """Waits until a full batch is waiting or the oldest item's latency window is over, or
+        until no other request is on its way (every request in the server already has its items
+        here: with one client at a time, the window would only add latency)."""
         window = self.limits.max_latency_ms / 1000
         while self._pending and not self._closed:
             if len(self._pending) >= self.limits.max_batch_size:
+                return
+            if self.requests_in_flight is not None and self.requests_in_flight() <= self._requests:
                 return
             if sum(len(item.ids) for item in self._pending) >= self.limits.max_batch_tokens:
                 return

@@ -42,6 +42,18 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 Admission = Callable[[], "int | None"]
 
 
+class RequestsInFlight:
+    """Embedding requests inside the app right now (counted by EdgeMiddleware). The batcher compares
+    it with the requests it holds: when they are equal, no request is being read or tokenized, so
+    nothing can join a batch and waiting out the latency window would only add latency."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
 class EdgeMiddleware:
     """Refuses bodies over `max_body_bytes` with 413 before they are parsed (by the declared
     Content-Length, or while streaming a chunked body), sheds embedding requests with 429 before
@@ -49,11 +61,19 @@ class EdgeMiddleware:
     tokenizing requests only to refuse them would eat the CPU the model needs), and counts
     embedding requests by status."""
 
-    def __init__(self, app: ASGIApp, model_name: str, max_body_bytes: int, admission: Admission | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        model_name: str,
+        max_body_bytes: int,
+        admission: Admission | None = None,
+        in_flight: RequestsInFlight | None = None,
+    ):
         self.app = app
         self.model_name = model_name
         self.max_body_bytes = max_body_bytes
         self.admission = admission
+        self.in_flight = in_flight if in_flight is not None else RequestsInFlight()
         self.duration = metrics.REQUEST_DURATION.labels(model=model_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +114,12 @@ class EdgeMiddleware:
                 await self._shed(send_and_record, retry_after)
             elif _declared_length(scope) > self.max_body_bytes:
                 await refuse()
+            elif counted:
+                self.in_flight.count += 1
+                try:
+                    await self.app(scope, limited_receive, send_and_record)
+                finally:
+                    self.in_flight.count -= 1
             else:
                 await self.app(scope, limited_receive, send_and_record)
         except Exception:
@@ -155,10 +181,16 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install(
-    app: FastAPI, model_name: str, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None
+    app: FastAPI,
+    model_name: str,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    admission: Admission | None = None,
+    in_flight: RequestsInFlight | None = None,
 ) -> None:
     """Adds kembed's middleware and overload handlers to kserve's FastAPI app (before start)."""
-    app.add_middleware(EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission)
+    app.add_middleware(
+        EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission, in_flight=in_flight
+    )
     app.add_exception_handler(QueueFull, queue_full_handler)
     app.add_exception_handler(BatcherClosed, queue_full_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -249,13 +281,14 @@ def serve(
     args: argparse.Namespace,
     predictor_config: PredictorConfig | None = None,
     admission: Admission | None = None,
+    in_flight: RequestsInFlight | None = None,
 ) -> None:
     """Starts kserve's ModelServer for one loaded model, with kembed's edges installed.
 
     On SIGTERM uvicorn stops accepting connections and waits up to `--grace_period_seconds` for
     every request in flight, so everything already in the batcher's queue is answered before exit.
     """
-    install(model_server.app, model.name, args.max_body_bytes, admission)
+    install(model_server.app, model.name, args.max_body_bytes, admission, in_flight)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

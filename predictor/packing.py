@@ -26,7 +26,7 @@ class AttentionGroup:
     tokens: int  # real tokens in the group
     rows: int
     length: int  # longest row of the group
-    gather: torch.Tensor | None  # [rows * length] packed positions (pad -> an extra zero row); None if unpadded
+    gather: torch.Tensor | None  # [rows * length] packed positions; None when the group needs no padding
     mask: torch.Tensor | None  # [rows, 1, 1, length] keys to attend to
     valid: torch.Tensor | None  # [tokens] positions of real tokens in the padded group
 
@@ -48,7 +48,6 @@ class PackedBatch:
         order = np.argsort(lengths, kind="stable")
         sorted_lengths = lengths[order]
         starts = np.concatenate([[0], np.cumsum(sorted_lengths)[:-1]])
-        total = int(sorted_lengths.sum())
         first_token = np.empty_like(starts)
         first_token[order] = starts
 
@@ -56,7 +55,7 @@ class PackedBatch:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
 
         groups = tuple(
-            _attention_group(sorted_lengths[first:last], int(starts[first]), total, tensor)
+            _attention_group(sorted_lengths[first:last], int(starts[first]), tensor)
             for first, last in attention_group_bounds(sorted_lengths)
         )
         return cls(
@@ -74,16 +73,11 @@ class PackedBatch:
 
     def attention(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
         """Self-attention per row: [T, 3H] fused projections in, [T, H] out."""
-        total, hidden = qkv.shape[0], qkv.shape[1] // 3
-        padded_source = None
-        out = qkv.new_empty(total, hidden)
+        hidden = qkv.shape[1] // 3
+        out = qkv.new_empty(qkv.shape[0], hidden)
         for group in self.groups:
-            if group.gather is None:
-                source = qkv[group.start : group.start + group.tokens]
-            else:
-                if padded_source is None:  # one zero row that every padding position points at
-                    padded_source = torch.cat([qkv, qkv.new_zeros(1, 3 * hidden)])
-                source = padded_source[group.gather]
+            unpadded = group.gather is None
+            source = qkv[group.start : group.start + group.tokens] if unpadded else qkv[group.gather]
             q, k, v = source.view(group.rows, group.length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask)
             attended = attended.transpose(1, 2).reshape(group.rows * group.length, hidden)
@@ -119,13 +113,15 @@ def attention_group_bounds(sorted_lengths: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _attention_group(
-    lengths: np.ndarray, start: int, pad_position: int, tensor: Callable[[np.ndarray], torch.Tensor]
+    lengths: np.ndarray, start: int, tensor: Callable[[np.ndarray], torch.Tensor]
 ) -> AttentionGroup:
     rows, longest, tokens = len(lengths), int(lengths[-1]), int(lengths.sum())
     if int(lengths[0]) == longest:
         return AttentionGroup(start, tokens, rows, longest, None, None, None)
     present = np.arange(longest) < lengths[:, None]  # [rows, longest]
-    gather = np.full((rows, longest), pad_position, dtype=np.int64)
+    # Padding positions may point at any token: as keys they are masked out, and their outputs
+    # as queries are dropped (`valid`).
+    gather = np.full((rows, longest), start, dtype=np.int64)
     gather[present] = np.arange(start, start + tokens)
     return AttentionGroup(
         start, tokens, rows, longest,

@@ -141,6 +141,34 @@ def test_latency_window_gathers_items_that_arrive_within_it() -> None:
     assert forward.batches == [[5, 5]]
 
 
+def test_latency_window_is_skipped_when_no_other_request_is_on_its_way() -> None:
+    """`requests_in_flight` is the server's count of embedding requests (EdgeMiddleware counts them
+    over HTTP; here a plain counter stands in). A request that is counted but not yet queued is on
+    its way, and the batch waits for it; when every counted request is queued, nothing waits."""
+    forward = RecordingForward()
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=60_000), pass_cost_tokens=FREE_PASSES)
+    server = {"requests": 0}
+    batcher.requests_in_flight = lambda: server["requests"]
+
+    async def request(first_id: int, length: int, parse_seconds: float = 0.0) -> None:
+        server["requests"] += 1
+        try:
+            await asyncio.sleep(parse_seconds)  # reading and tokenizing the body
+            await batcher.embed([row(first_id, length)])
+        finally:
+            server["requests"] -= 1
+
+    async def run() -> None:
+        # alone: answered at once, not after the 60 s window
+        await asyncio.wait_for(request(1, 5), 10)
+        # a second request is on its way (counted, still parsing): the first waits for it
+        await asyncio.wait_for(asyncio.gather(request(2, 6), request(3, 7, parse_seconds=0.05)), 10)
+        await batcher.close()
+
+    asyncio.run(run())
+    assert forward.batches == [[5], [6, 7]]
+
+
 def test_zero_latency_window_does_not_wait_for_more_items() -> None:
     forward = RecordingForward()
     batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=0))

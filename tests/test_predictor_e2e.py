@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -330,3 +331,22 @@ def test_v1_protocol_is_400_pointing_to_v2(predictor: Server) -> None:
     response = httpx.post(f"{predictor.url}/v1/models/{MODEL_NAME}:predict", json={"instances": ["hello"]})
     assert response.status_code == 400, response.text
     assert "V2 protocol" in response.json()["error"]
+
+
+def test_a_lone_request_is_not_held_for_the_latency_window(tmp_path: Path) -> None:
+    """With a two-minute latency window a lone request is still answered at once: the middleware
+    counts the embedding requests in the server, and when all of them are queued the batcher knows
+    nothing else can join. Were that wiring broken, each request would wait out the window."""
+    server = start_server(
+        "predictor",
+        ["--model_name", MODEL_NAME, "--max_latency_ms", "120000"],
+        tmp_path / "predictor.log",
+        ready_path=f"/v2/models/{MODEL_NAME}/ready",
+    )
+    try:
+        with httpx.Client(timeout=20) as client:
+            for text in TEXTS:
+                response = client.post(infer_url(server), json=text_payload([text]))
+                assert response.status_code == 200, response.text
+    finally:
+        server.stop()
