@@ -50,7 +50,7 @@ def served(corpus: list[str], seconds: float, extra: list[str]) -> list[dict]:
                 for i in range(0, len(corpus) - per_request + 1, per_request)
             ]
             asyncio.run(closed_loop(server.http_port, path, bodies, 8, 2.0))  # warm-up
-            for concurrency in (1, 8, 32):
+            for concurrency in (1, 8, 16, 32):  # 8 and 16: candidates for the manifests' scaleTarget
                 result = asyncio.run(closed_loop(server.http_port, path, bodies, concurrency, seconds))
                 rows.append(
                     {

@@ -23,7 +23,7 @@ BATCH_SIZE = Histogram(
 )
 BATCH_TOKENS = Histogram(
     "kembed_batch_tokens",
-    "Padded tokens per forward pass (batch size x longest item).",
+    "Tokens per forward pass as the encoder pays for them (real tokens packed; items x longest padded).",
     ["model"],
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
