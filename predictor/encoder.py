@@ -1,4 +1,4 @@
-"""The model itself: padded token batches in, pooled float32 embeddings out."""
+"""The model itself: unpadded token-id rows in, pooled float32 embeddings out."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from predictor import bert
 from predictor.batcher import padded_tokens
 from predictor.model_spec import ModelSpec
 from predictor.packing import PackedBatch
 from predictor.tokenization import pad_batch
 
 logger = logging.getLogger("kembed.predictor")
-
 
 BACKENDS = ("auto", "native", "transformers")
 
@@ -30,8 +30,6 @@ class Encoder:
     """
 
     def __init__(self, spec: ModelSpec, device: str, dtype: str, pad_id: int = 0, backend: str = "auto"):
-        from predictor import bert
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.spec = spec
