@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -289,8 +291,9 @@ def test_metrics_exported_and_move_after_traffic(predictor: Server) -> None:
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path) -> None:
-    # A 2 s latency window and a batch size above the queue size keep the first request's items
-    # waiting in the queue, so the queue is full when the second request arrives.
+    # A request whose body has not arrived yet is "on its way", so the batcher holds the first
+    # request's items for the 2 s latency window (a batch size above the queue size keeps them
+    # waiting), and the queue is full when the second request arrives.
     server = start_server(
         "predictor",
         [
@@ -311,17 +314,30 @@ def test_full_queue_answers_429_with_retry_after(tmp_path) -> None:
     try:
 
         async def run() -> list[httpx.Response]:
+            release = asyncio.Event()
+
+            async def late_body() -> AsyncIterator[bytes]:
+                await release.wait()
+                yield json.dumps(text_payload(["g h i"])).encode()
+
             async with httpx.AsyncClient(timeout=60) as client:
+                late = asyncio.create_task(
+                    client.post(infer_url(server), content=late_body(), headers={"content-type": "application/json"})
+                )
+                await asyncio.sleep(0.3)
                 first = asyncio.create_task(client.post(infer_url(server), json=text_payload(["a b c"] * 8)))
                 await asyncio.sleep(0.5)
                 second = await client.post(infer_url(server), json=text_payload(["d e f"]))
-                return [await first, second]
+                first_response = await first
+                release.set()
+                return [first_response, second, await late]
 
-        first, second = asyncio.run(run())
+        first, second, late = asyncio.run(run())
         assert first.status_code == 200
         assert second.status_code == 429, second.text
         assert int(second.headers["retry-after"]) >= 1
         assert "queue is full" in second.json()["error"]
+        assert late.status_code == 200
         assert sample(scrape(server), "kembed_requests_total", model=MODEL_NAME, status="429") == 1
     finally:
         server.stop()
