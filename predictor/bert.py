@@ -2,11 +2,11 @@
 
 Why: importing transformers' modeling code costs ~3-4 s of a 2-core pod's cold start (it pulls in
 torch._dynamo, sympy and scipy); building the same network from torch modules takes milliseconds.
-It covers the common embedding checkpoints (BERT, MiniLM, BGE, E5, GTE-small... whose config says
-`model_type: bert` with absolute positions) and computes what transformers' `BertModel` does in
-inference (post-LN blocks, SDPA attention, no pooler), on packed batches: no padding reaches the
-linear layers (`packing.py`). The query, key and value projections are fused into one matmul.
-Anything else falls back to transformers (`encoder.py`).
+It covers the common embedding checkpoints: `model_type` bert (MiniLM, BGE, E5, GTE-small, ...),
+roberta and xlm-roberta (multilingual-E5, BGE-M3, ...) with absolute positions. It computes what
+transformers' `BertModel`/`XLMRobertaModel` do in inference (post-LN blocks, SDPA attention, no
+pooler), on packed batches: no padding reaches the linear layers (`packing.py`). The query, key and
+value projections are fused into one matmul. Anything else falls back to transformers (`encoder.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from predictor.model_spec import position_offset
 from predictor.packing import PackedBatch
 
 WEIGHTS_FILE = "model.safetensors"
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -33,8 +35,8 @@ ACTIVATIONS = {
 def unsupported_reason(model_dir: Path) -> str | None:
     """None when `load_bert` can build this model, else why not (for the log)."""
     config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") != "bert":
-        return f"model_type {config.get('model_type')!r} is not 'bert'"
+    if config.get("model_type") not in MODEL_TYPES:
+        return f"model_type {config.get('model_type')!r} is not one of {MODEL_TYPES}"
     if config.get("position_embedding_type", "absolute") != "absolute":
         return f"position_embedding_type {config['position_embedding_type']!r} is not 'absolute'"
     if config.get("hidden_act", "gelu") not in ACTIVATIONS:
@@ -79,6 +81,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         eps = config.get("layer_norm_eps", 1e-12)
         embeddings, layers = renamed_weights(tensors, config["num_hidden_layers"])
+        self.first_position = position_offset(config)
         for name, tensor in embeddings.items():
             self.register_buffer(name, tensor)
         self.eps = eps
@@ -90,7 +93,7 @@ class BertEncoder(nn.Module):
         """[T, H] token states of a packed batch (see packing.py)."""
         x = (
             F.embedding(batch.ids, self.word_embeddings)
-            + self.position_embeddings[batch.positions]
+            + self.position_embeddings[batch.positions + self.first_position]
             + self.token_type_embeddings[0]  # one segment: token type 0 everywhere
         )
         x = F.layer_norm(x, x.shape[-1:], self.embedding_norm_weight, self.embedding_norm_bias, self.eps)
@@ -102,9 +105,10 @@ class BertEncoder(nn.Module):
 def renamed_weights(
     tensors: dict[str, torch.Tensor], layers: int
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """transformers' `BertModel` names (with or without a `bert.` prefix) to ours, QKV fused:
+    """transformers' names (bare, or under a head's `bert.` / `roberta.` prefix) to ours, QKV fused:
     (embedding weights, one dict per layer)."""
-    prefix = "bert." if any(name.startswith("bert.") for name in tensors) else ""
+    marker = "embeddings.word_embeddings.weight"
+    prefix = next(name[: -len(marker)] for name in tensors if name.endswith(marker))
 
     def take(name: str) -> torch.Tensor:
         return tensors[prefix + name]

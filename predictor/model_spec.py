@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 POOLING_MODES = ("mean", "cls", "max")
+ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,20 @@ def _pooling_from_modules(model_dir: Path, modules: list[dict[str, Any]]) -> str
     return None
 
 
+def hidden_size(config: dict[str, Any], model_dir: Path) -> int:
+    """The embedding width, under whichever name the architecture's config.json uses."""
+    for name in ("hidden_size", "dim", "d_model"):  # BERT-likes, DistilBERT, T5/BART encoders
+        if name in config:
+            return int(config[name])
+    raise ValueError(f"{model_dir}/config.json names no hidden size (hidden_size, dim or d_model)")
+
+
+def position_offset(config: dict[str, Any]) -> int:
+    """Row of the first position in the position table: 0 for BERT. RoBERTa numbers positions from
+    pad_token_id + 1, so its table holds that many rows more than the usable length."""
+    return int(config.get("pad_token_id", 1)) + 1 if config.get("model_type") in ROBERTA_LIKE else 0
+
+
 def read_model_spec(
     model_dir: str | Path, pooling: str = "auto", max_seq_length: int = 0
 ) -> ModelSpec:
@@ -58,14 +73,14 @@ def read_model_spec(
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES} or 'auto', got {pooling!r}")
 
-    position_limit = int(config.get("max_position_embeddings", 512))
+    position_limit = int(config.get("max_position_embeddings", 512)) - position_offset(config)
     if max_seq_length <= 0:
         max_seq_length = int(st_config.get("max_seq_length") or position_limit)
     max_seq_length = min(max_seq_length, position_limit)
 
     return ModelSpec(
         model_dir=model_dir,
-        dimension=int(config["hidden_size"]),
+        dimension=hidden_size(config, model_dir),
         vocab_size=int(config["vocab_size"]),
         max_seq_length=max_seq_length,
         pooling=pooling,

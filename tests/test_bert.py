@@ -10,7 +10,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaModel
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    RobertaConfig,
+    RobertaModel,
+    XLMRobertaConfig,
+    XLMRobertaForMaskedLM,
+)
 
 from predictor.cli import bundled_model_dir
 from predictor.encoder import Encoder
@@ -65,6 +75,23 @@ def test_native_reads_checkpoints_with_a_bert_prefix(tmp_path: Path) -> None:
     np.testing.assert_allclose(native(rows), reference(rows), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_native_matches_transformers_on_random_roberta(tmp_path: Path, family: str) -> None:
+    """RoBERTa numbers positions from pad_token_id + 1; its usable length is the table minus that.
+    The XLM-R checkpoint is a masked-LM one (`roberta.` prefix, with a head that is not used)."""
+    config = {**TINY, "pad_token_id": 1, "max_position_embeddings": 66, "type_vocab_size": 1}
+    model = RobertaModel(RobertaConfig(**config)) if family == "roberta" else XLMRobertaForMaskedLM(
+        XLMRobertaConfig(**config)
+    )
+    model_dir = save_tiny(model, tmp_path)
+    assert read_model_spec(model_dir).max_seq_length == 64
+    native, reference = both_backends(model_dir)
+    rng = np.random.default_rng(6)
+    for lengths in [[64, 3, 20], [5, 5]]:
+        rows = [rng.integers(2, TINY["vocab_size"], size=n, dtype=np.int64) for n in lengths]  # no pad id inside
+        np.testing.assert_allclose(native(rows), reference(rows), rtol=1e-4, atol=1e-5)
+
+
 def test_native_matches_transformers_on_the_bundled_model() -> None:
     native, reference = both_backends(Path(bundled_model_dir()))
     rng = np.random.default_rng(2)
@@ -77,14 +104,15 @@ def test_auto_picks_native_for_bert_and_transformers_otherwise(tmp_path: Path) -
     bert_dir = save_tiny(BertModel(BertConfig(**TINY)), tmp_path / "bert")
     assert Encoder(read_model_spec(bert_dir), "cpu", "float32").backend == "native"
 
-    roberta_dir = save_tiny(RobertaModel(RobertaConfig(**TINY, pad_token_id=1)), tmp_path / "roberta")
-    spec = read_model_spec(roberta_dir, pooling="mean")
-    encoder = Encoder(spec, "cpu", "float32", pad_id=1)
+    distil = DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
+    distil_dir = save_tiny(DistilBertModel(distil), tmp_path / "distilbert")
+    spec = read_model_spec(distil_dir, pooling="mean")
+    encoder = Encoder(spec, "cpu", "float32")
     assert encoder.backend == "transformers"
     rows = random_rows(np.random.default_rng(3), TINY["vocab_size"], [6, 11])
     assert encoder(rows).shape == (2, TINY["hidden_size"])
-    with pytest.raises(ValueError, match="model_type 'roberta' is not 'bert'"):
-        Encoder(spec, "cpu", "float32", pad_id=1, backend="native")
+    with pytest.raises(ValueError, match="model_type 'distilbert' is not one of"):
+        Encoder(spec, "cpu", "float32", backend="native")
 
 
 def test_native_refuses_relative_positions_and_unknown_backends(tmp_path: Path) -> None:
