@@ -165,7 +165,9 @@ def test_repeated_texts_come_from_the_token_cache(transformers):
     assert after_second["kembed_tokenizer_cache_hits_total"] - after_first["kembed_tokenizer_cache_hits_total"] == 2
     assert after_second["kembed_tokenizer_cache_misses_total"] == after_first["kembed_tokenizer_cache_misses_total"]
     assert after_second["kembed_tokenize_seconds_count"] == after_first["kembed_tokenize_seconds_count"]
-    assert np.array_equal(second, first[[2, 0, 2]])
+    # Same ids, other batch-mates: the same vectors up to float rounding (a GEMM over another token
+    # count may sum in another order), not bit for bit.
+    np.testing.assert_allclose(second, first[[2, 0, 2]], rtol=1e-5, atol=1e-6)
     assert metric(url, "kembed_tokenizer_cache_entries") >= 4
     assert metric(url, "kembed_tokenizer_cache_bytes") > 0
 
