@@ -12,6 +12,7 @@ value projections are fused into one matmul. Anything else falls back to transfo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,11 @@ class Block(nn.Module):
 class BertEncoder(nn.Module):
     """`BertModel(...).last_hidden_state` for inference, on packed batches (no padding)."""
 
-    def __init__(self, config: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    def __init__(
+        self, config: dict[str, Any], embeddings: dict[str, torch.Tensor], layers: list[dict[str, torch.Tensor]]
+    ):
         super().__init__()
         eps = config.get("layer_norm_eps", 1e-12)
-        embeddings, layers = renamed_weights(tensors, config["num_hidden_layers"])
         self.first_position = position_offset(config)
         for name, tensor in embeddings.items():
             self.register_buffer(name, tensor)
@@ -103,15 +105,15 @@ class BertEncoder(nn.Module):
 
 
 def renamed_weights(
-    tensors: dict[str, torch.Tensor], layers: int
+    tensors: dict[str, torch.Tensor], layers: int, convert: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """transformers' names (bare, or under a head's `bert.` / `roberta.` prefix) to ours, QKV fused:
-    (embedding weights, one dict per layer)."""
+    (embedding weights, one dict per layer). Only these go through `convert`; a task head is left out."""
     marker = "embeddings.word_embeddings.weight"
     prefix = next(name[: -len(marker)] for name in tensors if name.endswith(marker))
 
     def take(name: str) -> torch.Tensor:
-        return tensors[prefix + name]
+        return convert(tensors[prefix + name])
 
     embeddings = {
         "word_embeddings": take("embeddings.word_embeddings.weight"),
@@ -138,10 +140,14 @@ def renamed_weights(
 
 
 def load_bert(model_dir: Path, device: torch.device, dtype: torch.dtype) -> BertEncoder:
-    """The checkpoint's tensors, memory-mapped and converted only where dtype or device differ."""
+    """The checkpoint's tensors, memory-mapped; the ones the encoder uses are converted where dtype or
+    device differ."""
     from safetensors.torch import load_file
 
     config = json.loads((model_dir / "config.json").read_text())
-    tensors = {name: tensor.to(device=device, dtype=dtype) for name, tensor in
-               load_file(str(model_dir / WEIGHTS_FILE)).items() if tensor.is_floating_point()}
-    return BertEncoder(config, tensors).eval()
+    embeddings, layers = renamed_weights(
+        load_file(str(model_dir / WEIGHTS_FILE)),
+        config["num_hidden_layers"],
+        lambda tensor: tensor.to(device=device, dtype=dtype),
+    )
+    return BertEncoder(config, embeddings, layers).eval()
