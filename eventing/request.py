@@ -60,6 +60,8 @@ def parse_job(headers: Mapping[str, str], body: bytes, request_type: str, max_it
         event = from_http(lowered, body)
     except (GenericException, ValueError, TypeError) as exc:
         raise malformed(f"not a valid CloudEvent: {exc}") from exc
+    except AttributeError as exc:  # the SDK reads a structured body's JSON as an object without checking
+        raise malformed("not a valid CloudEvent: a structured-mode body must be a JSON object") from exc
     if event["type"] != request_type:
         raise EventFailure(
             400, "wrong_type", f"event type '{event['type']}' is not handled here: expected '{request_type}'"

@@ -133,6 +133,18 @@ def test_any_request_is_a_job_or_a_400(headers, body):
         assert job.texts and len(job.ids) == len(job.texts)
 
 
+@pytest.mark.parametrize("body", [b"null", b"[1, 2]", b"3"])
+def test_a_structured_body_that_is_not_a_json_object_is_a_400(body):
+    """Found by the property test above: with ce-* headers beside a structured content type, the SDK
+    reads the body as an object without checking and fails with AttributeError (a 500 had it escaped)."""
+    headers = {"content-type": "application/cloudevents+json", "ce-specversion": "1.0", "ce-type": "",
+               "ce-source": "", "ce-id": ""}
+    with pytest.raises(EventFailure) as failure:
+        parse(headers, body)
+    assert failure.value.status == 400
+    assert "structured-mode body must be a JSON object" in failure.value.message
+
+
 def make_settings(**overrides: object) -> Settings:
     return Settings(inference_url="http://127.0.0.1:1", **overrides)
 
