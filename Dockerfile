@@ -38,6 +38,7 @@ RUN PYTHON=/opt/venv/bin/python bash scripts/install.sh --torch-only
 
 # README.md is the package's long description; the glob keeps a checkout without it buildable.
 COPY pyproject.toml README.md* ./
+COPY kembed kembed
 COPY predictor predictor
 COPY transformer transformer
 COPY eventing eventing

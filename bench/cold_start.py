@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import ROOT, free_port, start_server
+from kembed.launch import ROOT, free_port, start_server
 
 MODEL = "minilm"
 BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
@@ -72,7 +72,7 @@ def main() -> None:
     # The image ships compiled bytecode for everything (Dockerfile: compileall); do the same for
     # kembed's own modules, which an editable install under PYTHONDONTWRITEBYTECODE would recompile
     # at every start.
-    for package in ("predictor", "transformer"):
+    for package in ("kembed", "predictor", "transformer"):
         compileall.compile_dir(ROOT / package, quiet=1)
     one_run("predictor", ["--backend", "transformers"])  # fill the page cache so every run starts alike
     # Interleaved, so that a busy moment on a shared machine does not land on one backend only.

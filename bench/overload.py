@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.corpus import english_corpus
 from bench.loadgen import closed_loop
 from bench.predictor import MODEL, v2_body
-from tests.servers import start_server
+from kembed.launch import start_server
 
 
 def rss_mib(pid: int) -> float:

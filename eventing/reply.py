@@ -88,7 +88,7 @@ def plan_reply(job: EmbedJob, embeddings: np.ndarray, settings: Settings) -> Pla
     )
     if single.size <= settings.max_event_bytes:
         return Plan(single)
-    if settings.sink is None:
+    if not settings.sink:
         raise EventFailure(
             422, "too_large",
             f"the reply for {len(items)} items needs {single.size} bytes, more than max_event_bytes "

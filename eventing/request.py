@@ -14,7 +14,7 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
 from eventing.errors import EventFailure, malformed
-from predictor.contract import DIMENSIONS, NORMALIZE, EmbedOptions
+from kembed.contract import DIMENSIONS, NORMALIZE, EmbedOptions
 
 ITEMS = "items"
 TEXTS = "texts"

@@ -1,4 +1,4 @@
-"""Every knob of the eventing service: a CLI flag whose default comes from a `KEMBED_*` env var.
+"""Every knob of the eventing service, declared once (see `kembed.settings`).
 
 Knative sets `PORT`; a SinkBinding sets `K_SINK` (and `K_CE_OVERRIDES`). `--http_port` is an alias
 of `--port` and `--grpc_port` is accepted and ignored, so the service starts like kserve servers.
@@ -7,37 +7,40 @@ of `--port` and `--grpc_port` is accepted and ignored, so the service starts lik
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from kembed.settings import add_knobs, from_args, knob
 
 REQUEST_TYPE = "dev.kembed.embeddings.requested"
 COMPLETED_TYPE = "dev.kembed.embeddings.completed"
 SUMMARY_TYPE = "dev.kembed.embeddings.summary"
 
 
-def env(name: str, default: object) -> object:
-    """Default for a flag: the `KEMBED_<NAME>` environment variable, else ``default``."""
-    return os.environ.get(f"KEMBED_{name.upper()}", default)
-
-
 @dataclass(frozen=True)
 class Settings:
-    inference_url: str
-    model_name: str = "minilm"
-    request_type: str = REQUEST_TYPE
-    event_source: str = "/kembed/eventing"
-    max_items: int = 10_000
-    chunk_size: int = 64
-    parallelism: int = 4
-    max_event_bytes: int = 1 << 20
-    max_request_bytes: int = 32 << 20
-    dedup_ttl_seconds: float = 600.0
-    dedup_max_entries: int = 128
-    request_timeout_seconds: float = 60.0
-    retry_after_seconds: int = 5
-    sink: str | None = None
+    inference_url: str = knob("", "base URL of the InferenceService (transformer or predictor) speaking V2 (required)")
+    model_name: str = knob("minilm", "V2 model name to call")
+    request_type: str = knob(REQUEST_TYPE, "CloudEvent type this service accepts")
+    event_source: str = knob("/kembed/eventing", "source of the events it sends")
+    max_items: int = knob(10_000, "items per event before 400")
+    chunk_size: int = knob(64, "items per V2 call")
+    parallelism: int = knob(4, "concurrent V2 calls per process")
+    max_event_bytes: int = knob(1 << 20, "largest reply event (body + CloudEvents headers); larger results go to "
+                                "K_SINK in parts", unit="bytes")
+    max_request_bytes: int = knob(32 << 20, "largest incoming event body before 413", unit="bytes")
+    dedup_ttl_seconds: float = knob(600.0, "how long a reply is kept for redeliveries of the same (source, id)",
+                                    unit="s")
+    dedup_max_entries: int = knob(128, "replies kept for redeliveries")
+    request_timeout_seconds: float = knob(60.0, "timeout of one V2 call or sink POST", unit="s")
+    retry_after_seconds: int = knob(5, "Retry-After sent with 503 when the InferenceService gives none", unit="s")
+    sink: str = knob("", "where split results go (set by a SinkBinding)", env="K_SINK")
+    host: str = knob("0.0.0.0", "listen address")
+    port: int = knob(8080, "listen port (Knative sets PORT)", env="PORT", flags=("--http_port",))
+    log_level: str = knob("info", "log level", choices=("debug", "info", "warning", "error"))
     ce_overrides: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -52,7 +55,7 @@ class Settings:
             raise ValueError(f"--max_event_bytes must be at least 4096, got {self.max_event_bytes}")
         if self.dedup_ttl_seconds < 0 or self.dedup_max_entries < 0:
             raise ValueError("--dedup_ttl_seconds and --dedup_max_entries must not be negative")
-        if self.sink is not None and not self.sink.startswith(("http://", "https://")):
+        if self.sink and not self.sink.startswith(("http://", "https://")):
             raise ValueError(f"--sink (K_SINK) must be an http(s) URL, got {self.sink!r}")
 
 
@@ -70,57 +73,17 @@ def parse_overrides(raw: str | None) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kembed-eventing",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="kembed eventing: CloudEvents in, embeddings out (Knative Trigger subscriber)",
     )
-    add = parser.add_argument
-    add("--inference_url", default=env("inference_url", None),
-        help="base URL of the InferenceService (transformer or predictor) speaking V2")
-    add("--model_name", default=env("model_name", "minilm"), help="V2 model name to call")
-    add("--request_type", default=env("request_type", REQUEST_TYPE), help="CloudEvent type this service accepts")
-    add("--event_source", default=env("event_source", "/kembed/eventing"), help="source of the events it sends")
-    add("--max_items", type=int, default=env("max_items", 10_000), help="items per event before 400")
-    add("--chunk_size", type=int, default=env("chunk_size", 64), help="items per V2 call")
-    add("--parallelism", type=int, default=env("parallelism", 4), help="concurrent V2 calls per process")
-    add("--max_event_bytes", type=int, default=env("max_event_bytes", 1 << 20),
-        help="largest reply event (body + CloudEvents headers); larger results go to K_SINK in parts")
-    add("--max_request_bytes", type=int, default=env("max_request_bytes", 32 << 20),
-        help="largest incoming event body before 413")
-    add("--dedup_ttl_seconds", type=float, default=env("dedup_ttl_seconds", 600.0),
-        help="how long a reply is kept for redeliveries of the same (source, id)")
-    add("--dedup_max_entries", type=int, default=env("dedup_max_entries", 128), help="replies kept for redeliveries")
-    add("--request_timeout_seconds", type=float, default=env("request_timeout_seconds", 60.0),
-        help="timeout of one V2 call or sink POST")
-    add("--retry_after_seconds", type=int, default=env("retry_after_seconds", 5),
-        help="Retry-After sent with 503 when the InferenceService gives none")
-    add("--sink", default=os.environ.get("K_SINK"), help="where split results go (K_SINK from a SinkBinding)")
-    add("--host", default=env("host", "0.0.0.0"), help="listen address")
-    add("--port", "--http_port", dest="port", type=int, default=int(os.environ.get("PORT", "8080")),
-        help="listen port (PORT, as Knative sets it)")
-    add("--grpc_port", help=argparse.SUPPRESS)
-    add("--log_level", default=env("log_level", "info"), help="debug | info | warning | error")
+    add_knobs(parser, Settings, "kembed eventing")
+    parser.add_argument("--grpc_port", help=argparse.SUPPRESS)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if not args.inference_url:
         raise ValueError("set --inference_url or KEMBED_INFERENCE_URL to the InferenceService's base URL")
-    settings = Settings(
-        inference_url=args.inference_url.rstrip("/"),
-        model_name=args.model_name,
-        request_type=args.request_type,
-        event_source=args.event_source,
-        max_items=args.max_items,
-        chunk_size=args.chunk_size,
-        parallelism=args.parallelism,
-        max_event_bytes=args.max_event_bytes,
-        max_request_bytes=args.max_request_bytes,
-        dedup_ttl_seconds=args.dedup_ttl_seconds,
-        dedup_max_entries=args.dedup_max_entries,
-        request_timeout_seconds=args.request_timeout_seconds,
-        retry_after_seconds=args.retry_after_seconds,
-        sink=args.sink or None,
-        ce_overrides=parse_overrides(os.environ.get("K_CE_OVERRIDES")),
-    )
+    settings = from_args(Settings, args, ce_overrides=parse_overrides(os.environ.get("K_CE_OVERRIDES")))
+    settings = dataclasses.replace(settings, inference_url=settings.inference_url.rstrip("/"))
     settings.check()
     return settings

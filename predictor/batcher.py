@@ -24,24 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kembed.errors import QueueFull
+from kembed.tokenization import padded_tokens
 from predictor import metrics
 
 Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
-
-
-class QueueFull(Exception):
-    """The queue cannot take a request's items; the client should retry after a pause."""
-
-    def __init__(self, waiting: int, capacity: int, retry_after_s: int):
-        super().__init__(
-            f"embedding queue is full ({waiting} of {capacity} items waiting); "
-            f"retry after {retry_after_s} s"
-        )
-        self.retry_after_s = retry_after_s
-
-
-class BatcherClosed(Exception):
-    """The batcher no longer accepts work (the server is shutting down)."""
 
 
 @dataclass(eq=False)
@@ -65,10 +52,6 @@ class BatchLimits:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_latency_ms < 0:
             raise ValueError("max_latency_ms must not be negative")
-
-
-def padded_tokens(lengths: Sequence[int]) -> int:
-    return len(lengths) * max(lengths) if lengths else 0
 
 
 BatchCost = Callable[[Sequence[int]], int]
@@ -120,7 +103,6 @@ class Batcher:
         self._slots = asyncio.Semaphore(limits.pipeline_depth)
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Future[np.ndarray]] = set()
-        self._closed = False
         self._requests = 0  # embed() calls waiting for their results
         # The server's embedding requests in flight, when it counts them (http.RequestsInFlight).
         self.requests_in_flight: Callable[[], int] | None = None
@@ -135,8 +117,6 @@ class Batcher:
 
     async def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
         """Embeds rows of token ids; returns [len(rows), D] in the same order."""
-        if self._closed:
-            raise BatcherClosed("the embedding queue is closed: the server is shutting down")
         if len(self._pending) + len(rows) > self.limits.queue_size:
             raise QueueFull(len(self._pending), self.limits.queue_size, self._retry_after())
         if self._task is None:
@@ -161,19 +141,6 @@ class Batcher:
         batches = self.limits.queue_size / self.limits.max_batch_size
         return max(1, round(batches * self.last_batch_seconds))
 
-    async def drain(self) -> None:
-        """Stops taking work and waits until everything accepted has been answered."""
-        self._closed = True
-        while self._pending or self._running:
-            self._wakeup.set()
-            await asyncio.sleep(0.01)
-
-    async def close(self) -> None:
-        await self.drain()
-        if self._task is not None:
-            self._task.cancel()
-        self._executor.shutdown(wait=True)
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -196,7 +163,7 @@ class Batcher:
         until no other request is on its way (every request in the server already has its items
         here: with one client at a time, the window would only add latency)."""
         window = self.limits.max_latency_ms / 1000
-        while self._pending and not self._closed:
+        while self._pending:
             if len(self._pending) >= self.limits.max_batch_size:
                 return
             if self.requests_in_flight is not None and self.requests_in_flight() <= self._requests:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from predictor.model_spec import position_offset
+from kembed.model_spec import position_offset
 from predictor.packing import PackedBatch
 
 WEIGHTS_FILE = "model.safetensors"

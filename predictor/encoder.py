@@ -10,16 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kembed.model_spec import ModelSpec
+from kembed.tokenization import pad_batch, padded_tokens
 from predictor import bert
-from predictor.batcher import padded_tokens
-from predictor.model_spec import ModelSpec
 from predictor.packing import PackedBatch
-from predictor.tokenization import pad_batch
+from predictor.settings import BACKENDS
 
 logger = logging.getLogger("kembed.predictor")
-
-BACKENDS = ("auto", "native", "transformers")
-
 
 class Encoder:
     """The checkpoint's encoder plus the pooling its sentence-transformers config asks for.

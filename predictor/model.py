@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from predictor import contract, metrics
-from predictor.batcher import Batcher, BatchLimits
+from kembed import contract
+from kembed.model_spec import ModelSpec, read_model_spec
+from kembed.tokenization import TextTokenizer
+from predictor import metrics
+from predictor.batcher import Batcher
 from predictor.encoder import Encoder, finish
-from predictor.model_spec import ModelSpec, read_model_spec
-from predictor.tokenization import TextTokenizer
+from predictor.settings import PredictorSettings
 
 logger = logging.getLogger("kembed.predictor")
-
-
-@dataclass(frozen=True)
-class PredictorSettings:
-    model_dir: Path
-    device: str = "auto"
-    backend: str = "auto"
-    dtype: str = "auto"
-    pooling: str = "auto"
-    max_seq_length: int = 0
-    truncate: bool = True
-    threads: int = 0
-    max_items_per_request: int = 256
-    pass_cost_tokens: float = -1.0
-    limits: BatchLimits = field(default_factory=BatchLimits)
 
 
 class EmbeddingModel(Model):
@@ -53,7 +38,7 @@ class EmbeddingModel(Model):
 
         started = time.perf_counter()
         settings = self.settings
-        self.spec = read_model_spec(settings.model_dir, settings.pooling, settings.max_seq_length)
+        self.spec = read_model_spec(settings.model_path, settings.pooling, settings.max_seq_length)
         if settings.limits.max_batch_tokens < self.spec.max_seq_length:
             raise ValueError(
                 f"max_batch_tokens ({settings.limits.max_batch_tokens}) must be at least "
@@ -63,7 +48,7 @@ class EmbeddingModel(Model):
         dtype = resolve_dtype(settings.dtype, self.device)
         threads = fit_thread_count(settings.threads)
         torch.set_num_threads(threads)
-        self.tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
+        self.tokenizer = TextTokenizer(settings.model_path, self.spec.max_seq_length, settings.truncate)
         encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id, settings.backend)
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).

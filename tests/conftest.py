@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import Server, start_server
+from kembed.launch import Server, start_server
 
 MODEL_NAME = "minilm"
 

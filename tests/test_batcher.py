@@ -8,7 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from predictor.batcher import Batcher, BatcherClosed, BatchLimits, QueueFull, padded_tokens, select_batch
+from kembed.errors import QueueFull
+from kembed.tokenization import padded_tokens
+from predictor.batcher import Batcher, BatchLimits, select_batch
 
 
 class RecordingForward:
@@ -87,7 +89,6 @@ def test_results_return_in_order_to_their_own_requests_under_concurrency() -> No
             for _ in range(50)
         ]
         results = await asyncio.gather(*(batcher.embed(rows) for rows in requests))
-        await batcher.close()
         return list(zip(requests, results, strict=True))
 
     pairs = asyncio.run(run())
@@ -114,7 +115,6 @@ def test_batches_respect_size_and_token_limits() -> None:
         await asyncio.sleep(0.05)
         gate.set()
         await asyncio.gather(blocker, work)
-        await batcher.close()
 
     asyncio.run(run())
     batches = forward.batches[1:]
@@ -135,7 +135,6 @@ def test_latency_window_gathers_items_that_arrive_within_it() -> None:
         await asyncio.sleep(0.02)
         second = asyncio.ensure_future(batcher.embed([row(2, 5)]))
         await asyncio.gather(first, second)
-        await batcher.close()
 
     asyncio.run(run())
     assert forward.batches == [[5, 5]]
@@ -163,7 +162,6 @@ def test_latency_window_is_skipped_when_no_other_request_is_on_its_way() -> None
         await asyncio.wait_for(request(1, 5), 10)
         # a second request is on its way (counted, still parsing): the first waits for it
         await asyncio.wait_for(asyncio.gather(request(2, 6), request(3, 7, parse_seconds=0.05)), 10)
-        await batcher.close()
 
     asyncio.run(run())
     assert forward.batches == [[5], [6, 7]]
@@ -176,7 +174,6 @@ def test_zero_latency_window_does_not_wait_for_more_items() -> None:
     async def run() -> None:
         await batcher.embed([row(1, 5)])
         await batcher.embed([row(2, 6)])
-        await batcher.close()
 
     asyncio.run(run())
     assert forward.batches == [[5], [6]]
@@ -192,7 +189,6 @@ def test_full_queue_raises_queue_full_with_retry_after() -> None:
             await batcher.embed([row(9, 3)])
         assert info.value.retry_after_s >= 1
         await first
-        await batcher.close()
 
     asyncio.run(run())
 
@@ -207,7 +203,6 @@ def test_cancelled_request_does_not_break_the_batch() -> None:
         await asyncio.sleep(0.01)
         gone.cancel()
         result = await kept
-        await batcher.close()
         return result
 
     result = asyncio.run(run())
@@ -225,20 +220,3 @@ def test_forward_errors_reach_every_waiting_request() -> None:
         assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
 
     asyncio.run(run())
-
-
-def test_drain_answers_everything_accepted_then_refuses_new_work() -> None:
-    forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=4, max_latency_ms=200), pass_cost_tokens=FREE_PASSES)
-
-    async def run() -> None:
-        accepted = [asyncio.ensure_future(batcher.embed([row(i, 5)])) for i in range(10)]
-        await asyncio.sleep(0)
-        await batcher.drain()
-        assert all(future.done() and not future.exception() for future in accepted)
-        with pytest.raises(BatcherClosed):
-            await batcher.embed([row(1, 2)])
-        await batcher.close()
-
-    asyncio.run(run())
-    assert sum(len(b) for b in forward.batches) == 10

@@ -22,9 +22,9 @@ from transformers import (
     XLMRobertaForMaskedLM,
 )
 
-from predictor.cli import bundled_model_dir
+from kembed.cli import bundled_model_dir
+from kembed.model_spec import read_model_spec
 from predictor.encoder import Encoder
-from predictor.model_spec import read_model_spec
 from predictor.packing import ATTENTION_SLACK, attention_group_bounds
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,

@@ -249,8 +249,10 @@ def test_build_context_excludes_venv_and_git_but_not_what_the_image_copies(build
 def test_empty_model_dir_env_means_the_bundled_model(monkeypatch):
     """The image sets KEMBED_MODEL_DIR to "" unless a model was baked in; the predictor must read that as unset."""
     monkeypatch.setenv("KEMBED_MODEL_DIR", "")
-    from predictor.__main__ import build_parser, settings_from_args
-    from predictor.cli import bundled_model_dir
+    from kembed.cli import bundled_model_dir
+    from kembed.settings import from_args
+    from predictor.__main__ import build_parser
+    from predictor.settings import PredictorSettings
 
     args, _ = build_parser().parse_known_args([])
-    assert settings_from_args(args).model_dir == Path(bundled_model_dir())
+    assert from_args(PredictorSettings, args).model_path == Path(bundled_model_dir())

@@ -23,10 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventing.reply import PART, PARTS, REQUEST_ID, REQUEST_SOURCE
 from eventing.settings import COMPLETED_TYPE, REQUEST_TYPE, SUMMARY_TYPE
-from predictor.contract import EmbedOptions, embeddings_from_response, text_request
+from kembed.contract import EmbedOptions, embeddings_from_response, text_request
+from kembed.launch import Server, free_port, start_server
 from tests.conftest import MODEL_NAME
 from tests.reference import cosine_rows
-from tests.servers import Server, free_port, start_server
 
 SMALL_EVENT_BYTES = 65536
 EVENT_SOURCE = "/kembed/eventing-tests"

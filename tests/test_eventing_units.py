@@ -317,7 +317,7 @@ def test_every_knob_reads_its_env_var(monkeypatch):
         inference_url="http://isvc.example", model_name="other", request_type="t.x", event_source="/src",
         max_items=7, chunk_size=3, parallelism=2, max_event_bytes=5000, max_request_bytes=999,
         dedup_ttl_seconds=1.5, dedup_max_entries=4, request_timeout_seconds=2.5, retry_after_seconds=9,
-        sink="http://broker.example/", ce_overrides={"team": "a"},
+        sink="http://broker.example/", port=9999, ce_overrides={"team": "a"},
     )
     assert build_parser().parse_args(["--http_port", "1234", "--grpc_port", "5"]).port == 1234
 

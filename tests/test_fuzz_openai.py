@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kembed.launch import Server, start_server
 from tests.conftest import MODEL_NAME
-from tests.servers import Server, start_server
 from tests.test_fuzz_v2 import json_values, v2_body
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kembed.launch import Server
 from tests.conftest import MODEL_NAME
-from tests.servers import Server
 
 FUZZ_SETTINGS = settings(
     max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True

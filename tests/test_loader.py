@@ -12,11 +12,11 @@ import torch
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
-from predictor import contract
-from predictor.batcher import BatchLimits
-from predictor.model import EmbeddingModel, PredictorSettings
-from predictor.model_spec import read_model_spec
+from kembed import contract
+from kembed.model_spec import read_model_spec
+from predictor.model import EmbeddingModel
 from predictor.resources import cgroup_cpu_limit, fit_thread_count
+from predictor.settings import PredictorSettings
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "runs", "fast", "slow", "red", "blue", "green", "big", "small"]
 
@@ -82,10 +82,11 @@ def build_tiny_bert(
 
 def load(path: Path, **overrides: object) -> EmbeddingModel:
     settings = PredictorSettings(
-        model_dir=path,
+        model_dir=str(path),
         device="cpu",
         threads=1,
-        limits=BatchLimits(max_latency_ms=0, max_batch_tokens=1024),
+        max_latency_ms=0,
+        max_batch_tokens=1024,
         **overrides,
     )
     model = EmbeddingModel("tiny", settings)
@@ -104,7 +105,6 @@ def embed(model: EmbeddingModel, *batches: list[str], **parameters: object) -> l
             request = contract.text_request("tiny", texts, contract.EmbedOptions(**parameters))
             response = await model.predict(InferRequest.from_bytes(*_rest(request), "tiny"))
             results.append(contract.embeddings_from_response(response))
-        await model.batcher.close()
         return results
 
     return asyncio.run(run())
@@ -176,7 +176,7 @@ def test_truncation_off_rejects_long_text_and_on_truncates(tmp_path: Path) -> No
 
 def test_max_batch_tokens_must_cover_one_sequence(tmp_path: Path) -> None:
     path = build_tiny_bert(tmp_path / "budget", pooling="mean")
-    settings = PredictorSettings(model_dir=path, device="cpu", limits=BatchLimits(max_batch_tokens=16))
+    settings = PredictorSettings(model_dir=str(path), device="cpu", max_batch_tokens=16)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         EmbeddingModel("tiny", settings).load()
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kembed.launch import start_server
 from tests.conftest import MODEL_NAME
-from tests.servers import start_server
 from tests.test_manifests import OVERLAYS, one, render
 
 # What a family of each type puts on the wire (prometheus_client's text exposition).

@@ -14,10 +14,10 @@ import pytest
 from kserve import InferenceGRPCClient
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
-from predictor import contract
+from kembed import contract
+from kembed.launch import Server, start_server
 from tests.conftest import MODEL_NAME
 from tests.reference import cosine_rows, reference_embeddings, reference_tokens
-from tests.servers import Server, start_server
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

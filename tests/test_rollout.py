@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from inferenceservices.__main__ import main
-from tests.servers import ROOT, free_port
+from kembed.launch import ROOT, free_port
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/kembed/inferenceservices/kembed"
 TOKEN = "stand-in-token"

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kembed.launch import Server, start_server
 from tests.conftest import MODEL_NAME
-from tests.servers import Server, start_server
 
 LONG_TEXT = "Knative sends SIGTERM when it scales a revision down, and the pod must not drop work. " * 6
 

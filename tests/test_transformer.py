@@ -14,11 +14,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from predictor.cli import bundled_model_dir
-from predictor.model_spec import read_model_spec
-from predictor.tokenization import TextTokenizer
+from kembed.cli import bundled_model_dir
+from kembed.launch import Server, free_port, start_server
+from kembed.model_spec import read_model_spec
+from kembed.tokenization import TextTokenizer
 from tests.conftest import MODEL_NAME
-from tests.servers import Server, free_port, start_server
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -281,7 +281,7 @@ def test_bad_v2_payloads_are_400_naming_the_field(transformers, body, field):
     response = httpx.post(url + INFER, json=body)
     assert response.status_code == 400, response.text
     assert field in response.json()["error"]
-    assert metric(url, "kembed_requests_total") == before + 1  # predictor.http's middleware counts it
+    assert metric(url, "kembed_requests_total") == before + 1  # kembed.edge's middleware counts it
 
 
 def test_predictor_400_is_passed_through(transformers):
@@ -322,7 +322,7 @@ def test_grpc_clients_of_the_transformer_get_embeddings(predictor, transformers)
 
     from kserve import InferenceGRPCClient
 
-    from predictor.contract import embeddings_from_response, text_request
+    from kembed.contract import embeddings_from_response, text_request
 
     async def call() -> np.ndarray:
         async with InferenceGRPCClient(f"127.0.0.1:{transformers['rest'].grpc_port}", retries=0) as client:

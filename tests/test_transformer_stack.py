@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, free_port
+from kembed.launch import ROOT, free_port
 
 
 def children(pid: int) -> list[int]:

@@ -10,8 +10,8 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from kserve.errors import InvalidInput
 
-from predictor.cli import bundled_model_dir
-from predictor.tokenization import TextTokenizer
+from kembed.cli import bundled_model_dir
+from kembed.tokenization import TextTokenizer
 from transformer import upstream
 from transformer.lru import ByteBoundedLRU
 from transformer.tokens import CachingTokenizer

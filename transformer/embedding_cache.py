@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from predictor.contract import EmbedOptions
+from kembed.contract import EmbedOptions
 from transformer import metrics
 from transformer.lru import ByteBoundedLRU
 

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
@@ -22,31 +21,16 @@ from kserve.errors import InvalidInput
 from kserve.model import append_forwardable_headers
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from predictor import contract
-from predictor.contract import EmbedOptions
-from predictor.model_spec import ModelSpec, read_model_spec
-from predictor.tokenization import TextTokenizer, pad_batch
+from kembed import contract
+from kembed.contract import EmbedOptions
+from kembed.model_spec import ModelSpec, read_model_spec
+from kembed.tokenization import TextTokenizer, pad_batch
 from transformer import metrics, upstream
 from transformer.embedding_cache import EmbeddingCache
+from transformer.settings import TransformerSettings
 from transformer.tokens import CachingTokenizer
 
 logger = logging.getLogger("kembed.transformer")
-
-MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TransformerSettings:
-    model_dir: Path
-    max_seq_length: int = 0
-    truncate: bool = True
-    max_items_per_request: int = 256
-    tokenizer_cache_size: int = 65536
-    tokenizer_cache_bytes: int = 64 * MIB
-    embedding_cache_size: int = 0
-    embedding_cache_bytes: int = 128 * MIB
-    binary: bool = True
-
 
 @dataclass(frozen=True)
 class Embedded:
@@ -68,8 +52,8 @@ class EmbeddingTransformer(Model):
         """Loads the model's tokenizer with the predictor's own length settings; then ready."""
         settings = self.settings
         started = time.perf_counter()
-        self.spec = read_model_spec(settings.model_dir, "auto", settings.max_seq_length)
-        tokenizer = TextTokenizer(settings.model_dir, self.spec.max_seq_length, settings.truncate)
+        self.spec = read_model_spec(settings.model_path, "auto", settings.max_seq_length)
+        tokenizer = TextTokenizer(settings.model_path, self.spec.max_seq_length, settings.truncate)
         self.tokens = CachingTokenizer(
             tokenizer, settings.tokenizer_cache_size, settings.tokenizer_cache_bytes, self.name
         )
@@ -133,7 +117,7 @@ class EmbeddingTransformer(Model):
             missing = list(first_index)
             rows = self.tokens.encode(missing, field, positions=list(first_index.values()))
             ids, mask = pad_batch(rows, self.tokens.pad_id)
-            request = contract.token_request(self.name, ids, mask, options, binary=self.settings.binary)
+            request = contract.token_request(self.name, ids, mask, options, binary=self.settings.predictor_binary)
             embeddings = await self._forward(request, headers, len(rows))
             for text, row, vector in zip(missing, rows, embeddings, strict=True):
                 vectors[text] = vector

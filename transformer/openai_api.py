@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, Response
 from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
-from predictor import contract
+from kembed import contract
 from transformer.model import EmbeddingTransformer
 from transformer.upstream import PredictorError
 

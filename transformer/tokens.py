@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from kserve.errors import InvalidInput
 
-from predictor.tokenization import TextTokenizer
+from kembed.tokenization import TextTokenizer
 from transformer import metrics
 from transformer.lru import ByteBoundedLRU
 

@@ -26,8 +26,8 @@ from kserve.protocol.infer_type import InferResponse, to_http_parameters
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
-from predictor import metrics
-from predictor.batcher import BatcherClosed, QueueFull
+from kembed import metrics
+from kembed.errors import QueueFull
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,7 +36,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COUNTED_SUFFIXES = ("/infer", "/embeddings")
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 Admission = Callable[[], "int | None"]
@@ -162,11 +161,9 @@ def _declared_length(scope: Scope) -> int:
 
 
 async def queue_full_handler(_: Request, exc: Exception) -> JSONResponse:
-    retry_after = exc.retry_after_s if isinstance(exc, QueueFull) else 1
+    assert isinstance(exc, QueueFull)
     return JSONResponse(
-        status_code=429 if isinstance(exc, QueueFull) else 503,
-        content={"error": str(exc)},
-        headers={"Retry-After": str(retry_after)},
+        status_code=429, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
     )
 
 
@@ -183,7 +180,7 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
 def install(
     app: FastAPI,
     model_name: str,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int,
     admission: Admission | None = None,
     in_flight: RequestsInFlight | None = None,
 ) -> None:
@@ -192,7 +189,6 @@ def install(
         EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission, in_flight=in_flight
     )
     app.add_exception_handler(QueueFull, queue_full_handler)
-    app.add_exception_handler(BatcherClosed, queue_full_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
@@ -292,9 +288,9 @@ def serve(
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        workers=args.server_workers,
+        workers=1,
         grace_period=args.grace_period_seconds,
-        enable_latency_logging=args.enable_latency_logging,
+        enable_latency_logging=args.enable_latency_logging or args.latency_logging,
         predictor_config=predictor_config,
     )
     server.dataplane = ClientDecodingDataPlane(server.registered_models)

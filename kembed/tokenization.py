@@ -61,6 +61,11 @@ def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, 
     return ids, mask
 
 
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """What a padded batch of these lengths computes on: rows x longest."""
+    return len(lengths) * max(lengths) if lengths else 0
+
+
 def load_fast_tokenizer(model_dir: Path) -> Tokenizer:
     """The directory's `tokenizer.json`; models that ship only a slow (vocab) tokenizer are
     converted by transformers once."""

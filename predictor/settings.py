@@ -1,0 +1,42 @@
+"""The predictor's knobs (each a flag and a `KEMBED_*` variable, see `kembed.settings`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kembed.cli import ServerSettings
+from kembed.settings import knob
+from predictor.batcher import BatchLimits
+
+_LIMITS = BatchLimits()
+BACKENDS = ("auto", "native", "transformers")
+
+
+@dataclass(frozen=True)
+class PredictorSettings(ServerSettings):
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    backend: str = knob("auto", "native (kembed's packed BERT, fast cold start) | transformers (AutoModel, any "
+                        "encoder) | auto (native when it can build the model)", choices=BACKENDS)
+    dtype: str = knob("auto", "auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")
+    pooling: str = knob("auto", "auto (from the sentence-transformers config) | mean | cls | max")
+    threads: int = knob(0, "torch CPU threads; 0 = fit the container's CPU quota")
+    max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
+    max_batch_tokens: int = knob(_LIMITS.max_batch_tokens, "tokens per forward pass (items x longest with the "
+                                 "transformers backend, which pads)", unit="tokens")
+    max_latency_ms: float = knob(_LIMITS.max_latency_ms, "longest wait for a batch to fill after its first item "
+                                 "arrived", unit="ms")
+    queue_size: int = knob(_LIMITS.queue_size, "items waiting for a forward pass before requests get 429")
+    pass_cost_tokens: float = knob(-1.0, "fixed cost of a forward pass in tokens, for length grouping of padded "
+                                   "batches (transformers backend); -1 = measure at warm-up", unit="tokens")
+    pipeline_depth: int = knob(_LIMITS.pipeline_depth, "batches handed to the device at once; 2 hides batch "
+                               "preparation behind GPU work")
+
+    @property
+    def limits(self) -> BatchLimits:
+        return BatchLimits(
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_latency_ms=self.max_latency_ms,
+            queue_size=self.queue_size,
+            pipeline_depth=self.pipeline_depth,
+        )
