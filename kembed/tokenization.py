@@ -15,6 +15,8 @@ import numpy as np
 from kserve.errors import InvalidInput
 from tokenizers import Tokenizer
 
+from kembed.bounded_tokenization import PrefixEncoder, run_sized
+
 
 class TextTokenizer:
     def __init__(self, model_dir: str | Path, max_seq_length: int, truncate: bool = True):
@@ -27,6 +29,7 @@ class TextTokenizer:
         # Without truncation we still cut at limit + 1: enough to see that a text is too long,
         # without tokenizing a megabyte of it.
         self._backend.enable_truncation(max_seq_length if truncate else max_seq_length + 1)
+        self._prefixes = PrefixEncoder(self._backend)
 
     def _first_known_id(self, *tokens: str) -> int:
         ids = [self._backend.token_to_id(token) for token in tokens]
@@ -37,8 +40,12 @@ class TextTokenizer:
         """What the ids depend on besides the text (for caches keyed by text)."""
         return (self.max_seq_length, self.truncate)
 
+    async def encode_async(self, texts: Sequence[str], field: str = "text") -> list[np.ndarray]:
+        """`encode`, off the event loop when the texts are long."""
+        return await run_sized(lambda: self.encode(texts, field), sum(map(len, texts)))
+
     def encode(self, texts: Sequence[str], field: str = "text") -> list[np.ndarray]:
-        encodings = self._backend.encode_batch(list(texts))
+        encodings = self._prefixes.encode_batch(texts)
         ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
         if not self.truncate:
             for index, row in enumerate(ids):

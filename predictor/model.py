@@ -98,7 +98,7 @@ class EmbeddingModel(Model):
         max_items = self.settings.max_items_per_request
         text = payload.get_input_by_name(contract.TEXT)
         if text is not None:
-            rows = self.tokenizer.encode(contract.decode_texts(text, max_items), contract.TEXT)
+            rows = await self.tokenizer.encode_async(contract.decode_texts(text, max_items), contract.TEXT)
         else:
             rows = self._rows_from_tokens(*contract.decode_tokens(payload, max_items))
         embeddings = await self.batcher.embed(rows)

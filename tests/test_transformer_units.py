@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import httpx
 import numpy as np
@@ -59,15 +61,15 @@ def short_tokenizer() -> TextTokenizer:
 
 def test_token_cache_tokenizes_only_misses_and_names_the_request_item(short_tokenizer):
     tokens = CachingTokenizer(short_tokenizer, 100, 1 << 20, "unit")
-    first = tokens.encode(["a cat", "a dog", "a cat"], "text")
+    first = asyncio.run(tokens.encode(["a cat", "a dog", "a cat"], "text"))
     assert len(tokens.cache) == 2  # the repeated text was tokenized once
     assert first[0] is first[2]
     assert np.array_equal(first[1], short_tokenizer.encode(["a dog"])[0])
-    again = tokens.encode(["a dog"], "text")
+    again = asyncio.run(tokens.encode(["a dog"], "text"))
     assert again[0] is first[1]  # served from the cache, the same row object
     too_long = "one two three four five six seven eight nine ten"
     with pytest.raises(InvalidInput, match=r"input 'input' item 7 is longer than 8 tokens"):
-        tokens.encode(["a cat", too_long], "input", positions=[3, 7])
+        asyncio.run(tokens.encode(["a cat", too_long], "input", positions=[3, 7]))
 
 
 def _status_error(status: int, body: dict, headers: dict | None = None) -> httpx.HTTPStatusError:

@@ -115,7 +115,7 @@ class EmbeddingTransformer(Model):
         counts: dict[str, int] = {}
         if first_index:
             missing = list(first_index)
-            rows = self.tokens.encode(missing, field, positions=list(first_index.values()))
+            rows = await self.tokens.encode(missing, field, positions=list(first_index.values()))
             ids, mask = pad_batch(rows, self.tokens.pad_id)
             request = contract.token_request(self.name, ids, mask, options, binary=self.settings.predictor_binary)
             embeddings = await self._forward(request, headers, len(rows))

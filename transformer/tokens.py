@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from kserve.errors import InvalidInput
 
+from kembed.bounded_tokenization import run_sized
 from kembed.tokenization import TextTokenizer
 from transformer import metrics
 from transformer.lru import ByteBoundedLRU
@@ -36,9 +37,12 @@ class CachingTokenizer:
     def settings_key(self) -> tuple[int, bool]:
         return self.tokenizer.settings_key
 
-    def encode(self, texts: Sequence[str], field: str, positions: Sequence[int] | None = None) -> list[np.ndarray]:
+    async def encode(
+        self, texts: Sequence[str], field: str, positions: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
         """One read-only int64 row per text (unpadded). ``field`` and ``positions`` (each text's
-        index in the client's request, default its index here) name the culprit in errors."""
+        index in the client's request, default its index here) name the culprit in errors. The
+        cache is used on the event loop; long misses are tokenized off it."""
         settings = self.settings_key
         rows: list[np.ndarray | None] = [None] * len(texts)
         misses: dict[str, list[int]] = {}
@@ -53,7 +57,9 @@ class CachingTokenizer:
         if misses:
             self.metrics.misses.inc(missed)
             started = time.perf_counter()
-            encoded = self._encode_misses(misses, field, positions)
+            encoded = await run_sized(
+                lambda: self._encode_misses(misses, field, positions), sum(map(len, misses))
+            )
             self.seconds.observe(time.perf_counter() - started)
             evicted = 0
             for (text, indices), row in zip(misses.items(), encoded, strict=True):
