@@ -44,6 +44,10 @@ class ServerSettings:
                                unit="bytes")
     grace_period_seconds: int = knob(30, "on SIGTERM, how long to finish requests in flight before exiting",
                                      unit="s")
+    enable_model_repository: bool = knob(
+        False, "serve KServe's model-repository extension (load/unload over REST and gRPC); off, no client can "
+        "unload the model"
+    )
     access_log: bool = knob(False, "log every request (uvicorn access log and kserve timing lines)")
     latency_logging: bool = knob(False, "kserve's per-request latency log lines")
 

@@ -28,6 +28,8 @@ from pydantic import ValidationError
 
 from kembed import metrics
 from kembed.errors import QueueFull
+from kembed.health import ServingHealth
+from kembed.repository import ClosedRepository, RepositoryDisabled, repository_disabled_handler
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -192,7 +194,7 @@ def install(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
-class ClientDecodingDataPlane(DataPlane):
+class ClientDecodingDataPlane(ServingHealth):
     """kserve's decoder lets malformed bodies escape as ValueError, KeyError, struct.error or
     InferenceError (a 500). Decoding only reads what the client sent, so any failure there is a 400."""
 
@@ -294,6 +296,9 @@ def serve(
         predictor_config=predictor_config,
     )
     server.dataplane = ClientDecodingDataPlane(server.registered_models)
+    if not args.enable_model_repository:
+        server.model_repository_extension = ClosedRepository()  # type: ignore[assignment]
+        model_server.app.add_exception_handler(RepositoryDisabled, repository_disabled_handler)
     route = V2InferRoute(server.dataplane)
     for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
         model_server.app.add_api_route(path, route, methods=["POST"], include_in_schema=False)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
 from kembed.launch import Server, start_server
 from tests.conftest import MODEL_NAME
@@ -56,3 +60,41 @@ def test_a_small_request_does_not_wait_behind_a_huge_text(which: str, request: p
             assert response.status_code == 200, response.text
         assert [future.result() for future in big] == [200, 200]
     assert max(latencies) < 1.0, latencies
+
+
+def grpc_stub(server: Server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return channel, grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.mark.parametrize("which", ["predictor", "transformer"])
+def test_model_repository_routes_are_closed_by_default(which: str, request: pytest.FixtureRequest) -> None:
+    server: Server = request.getfixturevalue(which)
+    for action in ("load", "unload"):
+        response = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/{action}", timeout=10)
+        assert response.status_code == 404 and "--enable_model_repository" in response.text, response.text
+    channel, stub = grpc_stub(server)
+    with channel, pytest.raises(grpc.RpcError) as error:
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=MODEL_NAME), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert httpx.get(server.url + READY, timeout=10).status_code == 200
+    assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
+
+
+def test_after_an_unload_liveness_and_readiness_fail(tmp_path: Path) -> None:
+    """With the extension turned on, an unload leaves a pod that Kubernetes restarts."""
+    server = start_server(
+        "predictor", ["--model_name", MODEL_NAME, "--enable_model_repository", "true"], tmp_path / "p.log",
+        ready_path=READY,
+    )
+    try:
+        response = httpx.post(f"{server.url}/v2/repository/models/{MODEL_NAME}/unload", timeout=10)
+        assert response.status_code == 200, response.text
+        assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 503
+        assert httpx.get(server.url + "/v2/health/ready", timeout=10).status_code == 503
+        channel, stub = grpc_stub(server)
+        with channel:
+            assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            assert not stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    finally:
+        server.stop()
