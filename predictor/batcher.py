@@ -28,13 +28,15 @@ from kembed.errors import QueueFull
 from kembed.tokenization import padded_tokens
 from predictor import metrics
 
-Forward = Callable[[Sequence[np.ndarray]], np.ndarray]
+# (token-id rows, each row's leading prompt tokens) -> [rows, D]
+Forward = Callable[[Sequence[np.ndarray], Sequence[int]], np.ndarray]
 
 
 @dataclass(eq=False)
 class _Item:
     ids: np.ndarray
     future: asyncio.Future[np.ndarray]
+    prompt_length: int = 0
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -115,14 +117,15 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._pending)
 
-    async def embed(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeds rows of token ids; returns [len(rows), D] in the same order."""
+    async def embed(self, rows: Sequence[np.ndarray], prompt_length: int = 0) -> np.ndarray:
+        """Embeds rows of token ids that start with ``prompt_length`` prompt tokens (pooling may leave
+        them out); returns [len(rows), D] in the same order."""
         if len(self._pending) + len(rows) > self.limits.queue_size:
             raise QueueFull(len(self._pending), self.limits.queue_size, self._retry_after())
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kembed-batcher")
         loop = asyncio.get_running_loop()
-        items = [_Item(np.asarray(row), loop.create_future()) for row in rows]
+        items = [_Item(np.asarray(row), loop.create_future(), prompt_length) for row in rows]
         self._pending.extend(items)
         self._queue_depth.set(len(self._pending))
         self._requests += 1
@@ -197,7 +200,7 @@ class Batcher:
 
     def _timed_forward(self, batch: list[_Item]) -> np.ndarray:
         started = time.perf_counter()
-        result = self._forward([item.ids for item in batch])
+        result = self._forward([item.ids for item in batch], [item.prompt_length for item in batch])
         self.last_batch_seconds = time.perf_counter() - started
         return result
 

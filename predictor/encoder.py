@@ -14,12 +14,15 @@ from kembed.model_spec import ModelSpec
 from kembed.tokenization import pad_batch, padded_tokens
 from predictor import bert
 from predictor.packing import PackedBatch
+from predictor.pooling import PromptLengths, pool_packed, pool_padded
+from predictor.postprocess import Head
 from predictor.settings import BACKENDS
 
 logger = logging.getLogger("kembed.predictor")
 
 class Encoder:
-    """The checkpoint's encoder plus the pooling its sentence-transformers config asks for.
+    """The checkpoint's encoder plus the pooling and the modules after it (Dense, ...) that its
+    sentence-transformers config asks for.
 
     Backend `native` is kembed's own BERT (`bert.py`: no transformers import, a faster cold start),
     `transformers` is `AutoModel` (any architecture), `auto` picks native when it can build the model.
@@ -32,6 +35,7 @@ class Encoder:
         self.spec = spec
         self.device = torch.device(device)
         self.pad_id = pad_id
+        self.head = Head(spec.head)
         unsupported = bert.unsupported_reason(spec.model_dir) if backend != "transformers" else "not asked for"
         if backend == "native" and unsupported:
             raise ValueError(f"backend 'native' cannot build {spec.model_dir}: {unsupported}")
@@ -44,18 +48,19 @@ class Encoder:
             self.model = bert.load_bert(spec.model_dir, self.device, getattr(torch, dtype))
 
     @torch.inference_mode()
-    def __call__(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        """Embeds unpadded id rows; the result is not normalized (that is per request)."""
+    def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
+        """Embeds unpadded id rows (``prompt_lengths``: each row's leading prompt tokens, which pooling
+        leaves out when the model says so); the model's final Normalize is per request, not here."""
         if self.packed:
             batch = PackedBatch.from_rows(rows, self.device)
-            pooled = batch.pool(self.model(batch), self.spec.pooling)
+            pooled = pool_packed(self.model(batch), batch, self.spec.pooling, prompt_lengths)
         else:
             ids, mask = pad_batch(rows, self.pad_id)
             input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
             attention_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            pooled = pool(hidden, attention_mask, self.spec.pooling)
-        return pooled.float().cpu().numpy()
+            pooled = pool_padded(hidden, attention_mask, self.spec.pooling, prompt_lengths)
+        return self.head(pooled.float().cpu().numpy())
 
     @property
     def packed(self) -> bool:
@@ -103,22 +108,3 @@ def _transformers_model(model_dir: Path, device: torch.device, dtype: torch.dtyp
 
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype, attn_implementation="sdpa")
     return model.to(device).eval()
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "cls":
-        return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "max":
-        return hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-
-def finish(embeddings: np.ndarray, normalize: bool, dimensions: int | None) -> np.ndarray:
-    """Matryoshka cut, then L2 normalization (so a cut vector is unit length again)."""
-    if dimensions is not None:
-        embeddings = embeddings[:, :dimensions]
-    if normalize:
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        embeddings = embeddings / np.maximum(norms, 1e-12)
-    return np.ascontiguousarray(embeddings, dtype=np.float32)

@@ -15,7 +15,8 @@ from kembed.model_spec import ModelSpec, read_model_spec
 from kembed.tokenization import TextTokenizer
 from predictor import metrics
 from predictor.batcher import Batcher
-from predictor.encoder import Encoder, finish
+from predictor.encoder import Encoder
+from predictor.postprocess import finish
 from predictor.settings import PredictorSettings
 
 logger = logging.getLogger("kembed.predictor")

@@ -86,17 +86,6 @@ class PackedBatch:
             out[group.start : group.start + group.tokens] = attended
         return out
 
-    def pool(self, states: torch.Tensor, mode: str) -> torch.Tensor:
-        """[T, H] token states to [B, H] in the caller's row order."""
-        if mode == "cls":
-            return states[self.first_token]
-        index = self.row_of_token.unsqueeze(1).expand_as(states)
-        if mode == "max":
-            empty = states.new_full((self.rows, states.shape[1]), torch.finfo(states.dtype).min)
-            return empty.scatter_reduce(0, index, states, reduce="amax")
-        sums = states.new_zeros(self.rows, states.shape[1]).scatter_add(0, index, states)
-        return sums / self.lengths.clamp(min=1).unsqueeze(1).to(states.dtype)
-
 
 def attention_group_bounds(sorted_lengths: np.ndarray) -> list[tuple[int, int]]:
     """[first, last) ranges of the ascending lengths: a row joins the current group while the group's

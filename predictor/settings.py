@@ -18,7 +18,8 @@ class PredictorSettings(ServerSettings):
     backend: str = knob("auto", "native (kembed's packed BERT, fast cold start) | transformers (AutoModel, any "
                         "encoder) | auto (native when it can build the model)", choices=BACKENDS)
     dtype: str = knob("auto", "auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")
-    pooling: str = knob("auto", "auto (from the sentence-transformers config) | mean | cls | max")
+    pooling: str = knob("auto", "auto (the model's sentence-transformers Pooling) | cls | mean | max | "
+                        "mean_sqrt_len_tokens | weightedmean | lasttoken (several joined by '+')")
     threads: int = knob(0, "torch CPU threads; 0 = fit the container's CPU quota")
     max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
     max_batch_tokens: int = knob(_LIMITS.max_batch_tokens, "tokens per forward pass (items x longest with the "

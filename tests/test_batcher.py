@@ -20,7 +20,7 @@ class RecordingForward:
         self.batches: list[list[int]] = []
         self.gate = gate
 
-    def __call__(self, rows: list[np.ndarray]) -> np.ndarray:
+    def __call__(self, rows: list[np.ndarray], prompt_lengths: list[int]) -> np.ndarray:
         if self.gate is not None:
             self.gate.wait(10)
         self.batches.append([len(row) for row in rows])
@@ -210,7 +210,7 @@ def test_cancelled_request_does_not_break_the_batch() -> None:
 
 
 def test_forward_errors_reach_every_waiting_request() -> None:
-    def broken(rows: list[np.ndarray]) -> np.ndarray:
+    def broken(rows: list[np.ndarray], prompt_lengths: list[int]) -> np.ndarray:
         raise RuntimeError("device lost")
 
     batcher = Batcher(broken, BatchLimits(max_latency_ms=1))

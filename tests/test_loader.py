@@ -141,15 +141,15 @@ TEXTS = ["the cat sat on the mat", "a big red dog runs fast", "green"]
 def test_pooling_from_sentence_transformers_metadata(tmp_path: Path, mode: str) -> None:
     path = build_tiny_bert(tmp_path / mode, pooling=mode)
     model = load(path)
-    assert model.spec.pooling == mode and model.spec.dimension == 32 and not model.spec.normalize
+    assert model.spec.pooling.modes == (mode,) and model.spec.dimension == 32 and not model.spec.normalize
     (got,) = embed(model, TEXTS)
     np.testing.assert_allclose(got, reference(path, TEXTS, mode), rtol=1e-4, atol=1e-5)
 
 
-def test_plain_checkpoint_defaults_to_cls_without_normalization(tmp_path: Path) -> None:
+def test_plain_checkpoint_is_mean_pooled_without_normalization_as_sentence_transformers_does(tmp_path: Path) -> None:
     path = build_tiny_bert(tmp_path / "plain", pooling=None)
     spec = read_model_spec(path)
-    assert (spec.pooling, spec.normalize, spec.max_seq_length) == ("cls", False, 64)
+    assert (spec.pooling.modes, spec.normalize, spec.max_seq_length) == (("mean",), False, 64)
 
 
 def test_normalize_module_and_max_seq_length_are_honoured(tmp_path: Path) -> None:

@@ -1,0 +1,127 @@
+"""Every pooling mode, packed and padded, torch and numpy, against sentence-transformers' own Pooling;
+then whole models (tokenizer, backbone, pooling, Dense, Normalize) against `SentenceTransformer.encode`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kembed.model_spec import POOLING_MODES, Pooling, read_model_spec
+from kembed.tokenization import TextTokenizer
+from predictor.encoder import Encoder
+from predictor.packing import PackedBatch
+from predictor.pooling import pool_packed, pool_padded, pool_padded_numpy
+from predictor.postprocess import finish
+from tests.st_models import TEXTS, backbone, min_cosine, reference, st_model
+
+LENGTHS = [5, 9, 1, 7]
+WIDTH = 6
+
+
+def reference_pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling, prompt_length: int) -> np.ndarray:
+    from sentence_transformers.sentence_transformer import modules as models
+
+    module = models.Pooling(WIDTH, pooling_mode=pooling.modes, include_prompt=pooling.include_prompt)
+    features = {"token_embeddings": hidden, "attention_mask": mask}
+    if prompt_length:
+        features["prompt_length"] = prompt_length
+    return module(features)["sentence_embedding"].numpy()
+
+
+def padded(side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    longest = max(LENGTHS)
+    hidden = torch.randn(len(LENGTHS), longest, WIDTH)
+    mask = torch.zeros(len(LENGTHS), longest, dtype=torch.int64)
+    for row, length in enumerate(LENGTHS):
+        if side == "right":
+            mask[row, :length] = 1
+        else:
+            mask[row, longest - length :] = 1
+    return hidden, mask
+
+
+def packed_states(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, PackedBatch]:
+    """The same tokens as a packed batch: rows in ascending-length order, no padding."""
+    rows = [np.zeros(length, dtype=np.int64) for length in LENGTHS]
+    batch = PackedBatch.from_rows(rows, torch.device("cpu"))
+    order = np.argsort(LENGTHS, kind="stable")
+    states = torch.cat([hidden[row][mask[row].bool()] for row in order])
+    return states, batch
+
+
+CASES = [Pooling((mode,), include) for mode in POOLING_MODES for include in (True, False)]
+CASES.append(Pooling(("cls", "mean", "max"), False))
+
+
+@pytest.mark.parametrize("pooling", CASES, ids=str)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pooling_paths_match_sentence_transformers_pooling(pooling: Pooling, side: str) -> None:
+    hidden, mask = padded(side)
+    prompt_length = 0 if pooling.include_prompt else 2
+    expected = reference_pool(hidden, mask, pooling, prompt_length)
+    # the one-token row would be all prompt: kembed keeps its token, sentence-transformers pools nothing
+    checked = [row for row, length in enumerate(LENGTHS) if length > prompt_length]
+    prompts = [prompt_length] * len(LENGTHS)
+    results = {
+        "torch padded": pool_padded(hidden, mask, pooling, prompts).numpy(),
+        "numpy padded": pool_padded_numpy(hidden.numpy(), mask.numpy(), pooling, prompts),
+    }
+    if side == "right":
+        states, batch = packed_states(hidden, mask)
+        results["torch packed"] = pool_packed(states, batch, pooling, prompts).numpy()
+    for name, got in results.items():
+        assert got.shape == expected.shape, name
+        np.testing.assert_allclose(got[checked], expected[checked], rtol=1e-5, atol=1e-6, err_msg=name)
+        assert np.isfinite(got).all(), name
+
+
+def test_prompt_lengths_are_per_row() -> None:
+    """Rows of one batch may carry different prompts (requests are batched together)."""
+    hidden, mask = padded("right")
+    pooling = Pooling(("mean",), include_prompt=False)
+    got = pool_padded_numpy(hidden.numpy(), mask.numpy(), pooling, [0, 3, 0, 1])
+    for row, skip in enumerate([0, 3, 0, 1]):
+        expected = reference_pool(hidden[row : row + 1], mask[row : row + 1], pooling, skip)
+        np.testing.assert_allclose(got[row : row + 1], expected, rtol=1e-5, atol=1e-6)
+
+
+# --- whole models -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return backbone(tmp_path_factory.mktemp("bert"), "bert")
+
+
+def embed_in_process(path: Path, backend: str, texts: list[str]) -> np.ndarray:
+    """kembed's predictor path without the server: tokenizer, encoder (with its head), finish."""
+    spec = read_model_spec(path)
+    tokenizer = TextTokenizer(path, spec.max_seq_length)
+    encoder = Encoder(spec, "cpu", "float32", tokenizer.pad_id, backend)
+    return finish(encoder(tokenizer.encode(texts)), spec.normalize, None)
+
+
+MODELS = {
+    "cls+dense+normalize": {"pooling": "cls", "dense": [(16, "Tanh")]},
+    "mean+two dense": {"pooling": "mean", "dense": [(24, "GELU"), (8, "Identity")], "normalize": False},
+    "max": {"pooling": "max", "normalize": False},
+    "mean_sqrt_len_tokens": {"pooling": "mean_sqrt_len_tokens", "normalize": False},
+    "weightedmean": {"pooling": "weightedmean"},
+    "lasttoken+cls": {"pooling": ["lasttoken", "cls"], "dense": [(12, "ReLU")]},
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_match_sentence_transformers_on_both_backends(bert: Path, tmp_path: Path, name: str) -> None:
+    path = st_model(tmp_path / "model", bert, **MODELS[name])
+    expected = reference(path, TEXTS)
+    spec = read_model_spec(path)
+    assert spec.dimension == expected.shape[1]
+    for backend in ("native", "transformers"):
+        got = embed_in_process(path, backend, TEXTS)
+        assert min_cosine(got, expected) >= 0.9999, backend
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=backend)
