@@ -17,10 +17,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.corpus import english_corpus
-from bench.loadgen import closed_loop
 from bench.predictor import MODEL, v2_body
+from kembed.corpus import english_corpus
 from kembed.launch import start_server
+from kembed.loadgen import closed_loop
 
 
 def rss_mib(pid: int) -> float:

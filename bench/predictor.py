@@ -22,9 +22,9 @@ from pathlib import Path
 
 import orjson
 
-from bench.corpus import english_corpus
-from bench.loadgen import closed_loop
+from kembed.corpus import english_corpus
 from kembed.launch import start_server
+from kembed.loadgen import closed_loop
 
 MODEL = "minilm"
 

@@ -26,10 +26,10 @@ import numpy as np
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.corpus import english_corpus
-from bench.loadgen import LoadResult, closed_loop
 from kembed.contract import token_request
+from kembed.corpus import english_corpus
 from kembed.launch import Server, start_server
+from kembed.loadgen import LoadResult, closed_loop
 
 MODEL = "minilm"
 INFER = f"/v2/models/{MODEL}/infer"

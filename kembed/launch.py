@@ -51,8 +51,10 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_path: str | None = None,
     timeout: float = 120,
+    poll_interval: float = 0.2,
 ) -> Server:
-    """Runs `python -m module` with kserve's port flags and waits for `ready_path` to say 200."""
+    """Runs `python -m module` with kserve's port flags and waits for `ready_path` to say 200
+    (polled every `poll_interval` seconds: small when the start itself is being timed)."""
     http_port, grpc_port = free_port(), free_port()
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     log = log_path.open("wb")
@@ -73,6 +75,6 @@ def start_server(
                 return server
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(poll_interval)
     server.stop(signal.SIGKILL)
     raise TimeoutError(f"{module} not ready in {timeout}s:\n{server.log()[-4000:]}")

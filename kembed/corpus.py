@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import random
 import re
+import warnings
 
 MODULES = [
     "argparse",
@@ -63,9 +64,11 @@ def _docstrings() -> list[str]:
             module = importlib.import_module(name)
         except ImportError:
             continue
-        objects = [module, *(getattr(module, attr) for attr in dir(module) if not attr.startswith("_"))]
-        for obj in objects:
-            doc = getattr(obj, "__doc__", None)
+        with warnings.catch_warnings():  # typing.re and friends warn when touched
+            warnings.simplefilter("ignore", DeprecationWarning)
+            objects = [module, *(getattr(module, attr) for attr in dir(module) if not attr.startswith("_"))]
+            docs = [getattr(obj, "__doc__", None) for obj in objects]
+        for doc in docs:
             if isinstance(doc, str):
                 texts.extend(re.split(r"\n\s*\n", doc))
     return texts

@@ -1,4 +1,4 @@
-"""A lean closed-loop HTTP/1.1 load generator (keep-alive, pre-encoded bodies).
+"""A lean closed-loop HTTP/1.1 load generator (keep-alive, pre-encoded bodies), shared by bench/ and the planner.
 
 httpx costs about a millisecond of CPU per request, which on a 2-core box steals from the server
 being measured; raw asyncio streams cost a few microseconds.
@@ -58,6 +58,7 @@ async def closed_loop(
     content_type: str = "application/json",
     max_requests: int = 1_000_000,
     honour_retry_after: bool = False,
+    host: str = "127.0.0.1",
 ) -> LoadResult:
     """`concurrency` clients each send the next (body, item count) as soon as the last answers
     (or, with `honour_retry_after`, after the pause a 429 asks for)."""
@@ -67,13 +68,13 @@ async def closed_loop(
 
     async def client() -> None:
         nonlocal next_index
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             while time.perf_counter() < deadline and next_index < max_requests:
                 body, items = bodies[next_index % len(bodies)]
                 next_index += 1
                 head = (
-                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+                    f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n"
                 ).encode()
                 started = time.perf_counter()
