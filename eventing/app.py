@@ -12,7 +12,9 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,10 +27,28 @@ from eventing.errors import EventFailure
 from eventing.inference import Embedder
 from eventing.reply import Encoded, plan_reply
 from eventing.request import EmbedJob, parse_job
+from eventing.retry import retriable, with_retries
 from eventing.settings import Settings
 from eventing.sink import Sink
 
 logger = logging.getLogger("kembed.eventing")
+
+
+@dataclass
+class Progress:
+    """What the attempts of one event achieved, kept between its deliveries (see `Deduplicator`).
+
+    Chunk results until the reply is planned; then the reply and the parts K_SINK has not accepted
+    yet, encoded once, so a retry sends the very bytes of the first attempt and skips accepted parts.
+    """
+
+    chunks: dict[int, np.ndarray] = field(default_factory=dict)
+    reply: Encoded | None = None
+    unsent: dict[int, Encoded] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        planned = sum(event.size for event in (self.reply, *self.unsent.values()) if event is not None)
+        return planned + sum(array.nbytes for array in self.chunks.values())
 
 
 class EventHandler:
@@ -40,10 +60,13 @@ class EventHandler:
             if settings.sink
             else None
         )
-        self.replies: Deduplicator[Encoded] = Deduplicator(settings.dedup_ttl_seconds, settings.dedup_max_entries)
+        self.events: Deduplicator[Progress, Encoded] = Deduplicator(
+            settings.dedup_ttl_seconds, settings.dedup_max_entries, settings.dedup_max_bytes, Progress,
+            Progress.nbytes,
+        )
 
     async def close(self) -> None:
-        await self.replies.drain()
+        await self.events.drain()
         await self.embedder.close()
         if self.sink is not None:
             await self.sink.close()
@@ -53,7 +76,7 @@ class EventHandler:
         try:
             body = await read_body(request, self.settings.max_request_bytes)
             job = parse_job(request.headers, body, self.settings.request_type, self.settings.max_items)
-            reply, deduplicated = await self.replies.run(job.key, lambda: self.compute(job))
+            reply, deduplicated = await self.events.run(job.key, lambda progress: self.attempt(job, progress))
         except EventFailure as failure:
             metrics.FAILED.labels(reason=failure.reason).inc()
             logger.warning("event failed with %d (%s): %s", failure.status, failure.reason, failure.message)
@@ -68,20 +91,39 @@ class EventHandler:
             logger.info("event source=%s id=%s: redelivery answered with the stored reply", *job.key)
         return Response(reply.body, status_code=200, headers=reply.headers)
 
-    async def compute(self, job: EmbedJob) -> Encoded:
+    async def attempt(self, job: EmbedJob, progress: Progress) -> Encoded:
+        """One attempt at an event, resuming from what earlier attempts left in ``progress``."""
+        try:
+            return await self.compute(job, progress)
+        except EventFailure as failure:
+            if not retriable(failure):  # Knative does not redeliver it: nothing to keep
+                progress.chunks.clear()
+            raise
+
+    async def compute(self, job: EmbedJob, progress: Progress) -> Encoded:
         started = time.perf_counter()
-        embeddings = await self.embedder.embed(job.texts, job.options)
-        # Encoding thousands of vectors takes a while: keep the event loop free for probes.
-        plan = await asyncio.to_thread(plan_reply, job, embeddings, self.settings)
-        for part in plan.parts:
+        reused = len(progress.chunks)
+        if progress.reply is None:
+            embeddings = await self.embedder.embed(job.texts, job.options, progress.chunks)
+            # Encoding thousands of vectors takes a while: keep the event loop free for probes.
+            plan = await asyncio.to_thread(plan_reply, job, embeddings, self.settings)
+            progress.unsent = dict(enumerate(plan.parts, start=1))
+            progress.reply = plan.reply
+            progress.chunks.clear()  # the encoded reply and parts hold the results now
+        for number, part in list(progress.unsent.items()):
             assert self.sink is not None  # plan_reply only splits when a sink is set
-            await self.sink.send(part)
+            await with_retries(
+                lambda part=part: self.sink.send(part), self.settings.call_attempts,
+                self.settings.call_backoff_seconds, "part",
+            )
+            del progress.unsent[number]
         logger.info(
-            "event source=%s id=%s: %d items in %d chunk(s), %d part(s) to K_SINK, %.2fs",
-            *job.key, len(job.texts), math.ceil(len(job.texts) / self.settings.chunk_size), len(plan.parts),
-            time.perf_counter() - started,
+            "event source=%s id=%s: %d items in %d chunk(s) (%d from an earlier attempt), reply %d bytes, "
+            "%.2fs",
+            *job.key, len(job.texts), math.ceil(len(job.texts) / self.settings.chunk_size), reused,
+            progress.reply.size, time.perf_counter() - started,
         )
-        return plan.reply
+        return progress.reply
 
 
 async def read_body(request: Request, limit: int) -> bytes:

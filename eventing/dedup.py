@@ -1,8 +1,14 @@
-"""Idempotency: one computation per (source, id) within a retention window.
+"""Idempotency: one computation per (source, id), and what a failed attempt achieved kept for the next.
 
-A redelivery after completion gets the stored reply; a redelivery while the first is still
-computing awaits that same computation. Failures are not stored, so a retry computes again.
-The computation runs in its own task, so a sender that disconnects does not cancel it for others.
+Each event has a state (`new_state()`) that its attempts share. A redelivery after success gets the
+stored result; a redelivery while an attempt runs awaits that same attempt; a redelivery after a
+failure runs a new attempt on the kept state (the app keeps finished chunks and unsent parts in it).
+An attempt runs in its own task, so a sender that disconnects does not cancel it for others.
+
+Entries expire `ttl_seconds` after their last attempt finished; beyond `max_entries` entries or
+`max_bytes` (as `size(state)` measures it) the oldest finished ones go first (counted in
+`kembed_dedup_evicted_total`); entries with an attempt in flight are never dropped. The store is per
+process and in memory: see docs/eventing.md for what that means across pods.
 """
 
 from __future__ import annotations
@@ -14,60 +20,105 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from eventing import metrics
+
+S = TypeVar("S")
 T = TypeVar("T")
 
 
 @dataclass
-class _Entry(Generic[T]):
-    task: asyncio.Task[T]
-    expires_at: float | None = None  # set once the task succeeded
+class _Entry(Generic[S, T]):
+    state: S
+    task: asyncio.Task[T] | None = None  # the running attempt, or the one that succeeded
+    expires_at: float | None = None  # set while no attempt runs
+    size: int = 0  # size(state) when the last attempt finished
 
 
-class Deduplicator(Generic[T]):
-    def __init__(self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
+class Deduplicator(Generic[S, T]):
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_entries: int,
+        max_bytes: int,
+        new_state: Callable[[], S],
+        size: Callable[[S], int],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.ttl = ttl_seconds
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.new_state = new_state
+        self.size = size
         self.clock = clock
-        self._entries: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, _Entry[S, T]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """``compute()``'s result and whether it came from an earlier delivery of ``key``."""
+    @property
+    def bytes(self) -> int:
+        return sum(entry.size for entry in self._entries.values())
+
+    async def run(self, key: Hashable, compute: Callable[[S], Awaitable[T]]) -> tuple[T, bool]:
+        """``compute(state)``'s result and whether it came from an earlier delivery of ``key``."""
         self._expire()
         entry = self._entries.get(key)
-        if entry is not None:
+        if entry is not None and entry.task is not None and _running_or_succeeded(entry.task):
             return await asyncio.shield(entry.task), True
-
-        async def call() -> T:
-            return await compute()
-
-        entry = _Entry(asyncio.create_task(call()))
-        self._entries[key] = entry
-        entry.task.add_done_callback(lambda task: self._finished(key, entry))
-        return await asyncio.shield(entry.task), False
+        if entry is None:
+            entry = _Entry(self.new_state())
+            self._entries[key] = entry
+        entry.expires_at = None
+        task = asyncio.create_task(_call(compute, entry.state))
+        entry.task = task
+        task.add_done_callback(lambda done: self._finished(key, entry, done))
+        return await asyncio.shield(task), False
 
     async def drain(self) -> None:
-        """Waits for computations whose senders went away (at shutdown)."""
-        pending = [entry.task for entry in self._entries.values() if not entry.task.done()]
+        """Waits for attempts whose senders went away (at shutdown)."""
+        pending = [entry.task for entry in self._entries.values() if entry.task is not None and not entry.task.done()]
         await asyncio.gather(*pending, return_exceptions=True)
 
-    def _finished(self, key: Hashable, entry: _Entry[T]) -> None:
-        if self._entries.get(key) is not entry:
+    def _finished(self, key: Hashable, entry: _Entry[S, T], task: asyncio.Task[T]) -> None:
+        if self._entries.get(key) is not entry or entry.task is not task:
             return
-        if entry.task.cancelled() or entry.task.exception() is not None or self.ttl <= 0:
+        if task.cancelled() or self.ttl <= 0:
             del self._entries[key]
+            self._publish()
             return
+        if task.exception() is not None:
+            entry.task = None  # the next delivery runs a new attempt on the kept state
+        entry.size = self.size(entry.state)
         entry.expires_at = self.clock() + self.ttl
         self._entries.move_to_end(key)
         self._expire()
 
     def _expire(self) -> None:
-        """Drops expired replies, then the oldest ones beyond `max_entries` (in-flight ones stay)."""
+        """Drops expired entries, then the oldest finished ones beyond the bounds (in-flight ones stay)."""
         now = self.clock()
-        done = [(key, entry) for key, entry in self._entries.items() if entry.expires_at is not None]
-        excess = len(done) - self.max_entries
-        for index, (key, entry) in enumerate(done):
-            if index < excess or entry.expires_at <= now:
-                del self._entries[key]
+        for key in [key for key, entry in self._entries.items() if _expired(entry, now)]:
+            del self._entries[key]
+        finished = [key for key, entry in self._entries.items() if entry.expires_at is not None]
+        count, held = len(self._entries), self.bytes
+        for key in finished:
+            if count <= self.max_entries and held <= self.max_bytes:
+                break
+            held -= self._entries.pop(key).size
+            count -= 1
+            metrics.DEDUP_EVICTED.inc()
+        self._publish()
+
+    def _publish(self) -> None:
+        metrics.DEDUP_BYTES.set(self.bytes)
+
+
+def _expired(entry: _Entry, now: float) -> bool:
+    return entry.expires_at is not None and entry.expires_at <= now
+
+
+def _running_or_succeeded(task: asyncio.Task) -> bool:
+    return not task.done() or (not task.cancelled() and task.exception() is None)
+
+
+async def _call(compute: Callable[[S], Awaitable[T]], state: S) -> T:
+    return await compute(state)

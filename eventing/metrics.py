@@ -6,7 +6,7 @@ Every delivery is counted once as received and then once as completed or failed,
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -20,3 +20,13 @@ ITEMS_EMBEDDED = Counter("kembed_items_embedded", "Items embedded by the Inferen
 CHUNK_SECONDS = Histogram(
     "kembed_chunk_seconds", "Duration of one V2 call (one chunk of items), in seconds.", buckets=CHUNK_BUCKETS
 )
+RETRIES = Counter(
+    "kembed_eventing_retries", "Calls tried again inside the service after a 429/5xx, by call (chunk or part).",
+    ["call"],
+)
+DEDUP_EVICTED = Counter(
+    "kembed_dedup_evicted",
+    "Events dropped from the redelivery store before their TTL (dedup_max_entries or dedup_max_bytes reached): "
+    "a redelivery of one of them is computed again.",
+)
+DEDUP_BYTES = Gauge("kembed_dedup_bytes", "Bytes held by the redelivery store (replies, chunk results, unsent parts).")

@@ -6,6 +6,7 @@ malformed event reaches the InferenceService or is retried by Knative.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ ITEM_FIELDS = ("id", "text")
 DATA_SHAPE = '{"items": [{"id": "...", "text": "..."}], "normalize": true, "dimensions": null} or {"texts": [...]}'
 
 ItemId = str | int
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Unicode categories a tokenizer drops: control (Cc), format such as U+200B ZERO WIDTH SPACE (Cf),
+# and combining marks with nothing to combine with (Mn).
+INVISIBLE = frozenset({"Cc", "Cf", "Mn"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ def _items(entries: list[Any]) -> tuple[list[ItemId], list[str]]:
         item_id = item.get("id")
         if isinstance(item_id, bool) or not isinstance(item_id, str | int) or item_id == "":
             raise malformed(f"{where}.id must be a non-empty string or an integer, got {item_id!r}")
+        if isinstance(item_id, int) and not INT64_MIN <= item_id <= INT64_MAX:
+            raise malformed(f"{where}.id {item_id} does not fit in 64 bits: send ids this large as strings")
+        if isinstance(item_id, str):
+            _check_unicode(f"{where}.id", item_id)
         if item_id in seen:
             raise malformed(f"{where}.id {item_id!r} is a duplicate: ids must be unique within an event")
         seen.add(item_id)
@@ -121,9 +130,26 @@ def _items(entries: list[Any]) -> tuple[list[ItemId], list[str]]:
 def _text(where: str, value: Any) -> str:
     if not isinstance(value, str):
         raise malformed(f"{where} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise malformed(f"{where} is empty")
+    if _blank(value):
+        raise malformed(f"{where} is empty (nothing but whitespace, zero-width or control characters)")
+    _check_unicode(where, value)
     return value
+
+
+def _blank(text: str) -> bool:
+    """Nothing a tokenizer keeps: it would embed as [CLS][SEP] alone. Stops at the first visible character."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE for char in text)
+
+
+def _check_unicode(where: str, text: str) -> None:
+    """A lone surrogate (JSON allows "\\ud800") cannot be encoded as UTF-8 for the V2 call or the reply."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise malformed(
+            f"{where} contains a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}: "
+            "not valid Unicode text"
+        ) from None
 
 
 def _options(data: dict[str, Any]) -> EmbedOptions:

@@ -32,10 +32,17 @@ class Settings:
     max_event_bytes: int = knob(1 << 20, "largest reply event (body + CloudEvents headers); larger results go to "
                                 "K_SINK in parts", unit="bytes")
     max_request_bytes: int = knob(32 << 20, "largest incoming event body before 413", unit="bytes")
-    dedup_ttl_seconds: float = knob(600.0, "how long a reply is kept for redeliveries of the same (source, id)",
+    dedup_ttl_seconds: float = knob(600.0, "how long after its last attempt an event's reply (or its finished "
+                                    "chunks and unsent parts) is kept for redeliveries of the same (source, id)",
                                     unit="s")
-    dedup_max_entries: int = knob(128, "replies kept for redeliveries")
+    dedup_max_entries: int = knob(20_000, "events kept for redeliveries; the oldest finished go first")
+    dedup_max_bytes: int = knob(256 << 20, "bytes of replies, chunk results and unsent parts kept for redeliveries",
+                                unit="bytes")
     request_timeout_seconds: float = knob(60.0, "timeout of one V2 call or sink POST", unit="s")
+    call_attempts: int = knob(4, "tries of one V2 call (chunk) or part POST on 429/5xx/timeouts before the event "
+                              "fails")
+    call_backoff_seconds: float = knob(0.5, "wait before the second try of a call, doubled for each further try "
+                                       "(with jitter)", unit="s")
     retry_after_seconds: int = knob(5, "Retry-After sent with 503 when the InferenceService gives none", unit="s")
     sink: str = knob("", "where split results go (set by a SinkBinding)", env="K_SINK")
     host: str = knob("0.0.0.0", "listen address")
@@ -47,14 +54,18 @@ class Settings:
         """Refuses settings that could only fail later, per event."""
         if not self.inference_url.startswith(("http://", "https://")):
             raise ValueError(f"--inference_url must be an http(s) URL, got {self.inference_url!r}")
-        positive = ("max_items", "chunk_size", "parallelism", "max_request_bytes", "retry_after_seconds")
+        positive = ("max_items", "chunk_size", "parallelism", "max_request_bytes", "retry_after_seconds",
+                    "call_attempts")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_event_bytes < 4096:
             raise ValueError(f"--max_event_bytes must be at least 4096, got {self.max_event_bytes}")
-        if self.dedup_ttl_seconds < 0 or self.dedup_max_entries < 0:
-            raise ValueError("--dedup_ttl_seconds and --dedup_max_entries must not be negative")
+        if min(self.dedup_ttl_seconds, self.dedup_max_entries, self.dedup_max_bytes, self.call_backoff_seconds) < 0:
+            raise ValueError(
+                "--dedup_ttl_seconds, --dedup_max_entries, --dedup_max_bytes and --call_backoff_seconds must not be "
+                "negative"
+            )
         if self.sink and not self.sink.startswith(("http://", "https://")):
             raise ValueError(f"--sink (K_SINK) must be an http(s) URL, got {self.sink!r}")
 
