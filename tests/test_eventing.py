@@ -107,6 +107,7 @@ def splitting(predictor: Server, sink: CapturingSink, tmp_path_factory: pytest.T
         tmp_path_factory.mktemp("splitting"), "splitting", predictor.url,
         KEMBED_MAX_EVENT_BYTES=str(SMALL_EVENT_BYTES), KEMBED_PARALLELISM="4", K_SINK=sink.url,
         K_CE_OVERRIDES='{"extensions": {"kembedsplit": "true"}}', KEMBED_RETRY_AFTER_SECONDS="2",
+        KEMBED_CALL_ATTEMPTS="4", KEMBED_CALL_BACKOFF_SECONDS="0.05",
     )
     yield server
     server.stop()
@@ -268,10 +269,19 @@ def test_large_event_is_chunked_and_split_into_parts_on_k_sink(splitting, sink, 
     assert cosine_rows(got, expected).min() >= 0.999
 
 
-def test_sink_failure_is_retried_and_the_retry_sends_the_same_parts(splitting, sink):
-    event = request_event({"texts": [f"retry {i}" for i in range(300)], "dimensions": 64})
+def test_a_refused_part_is_posted_again_within_the_same_delivery(splitting, sink):
+    event = request_event({"texts": [f"refused once {i}" for i in range(300)], "dimensions": 64})
     sink.events.clear()
     sink.refuse_next = 1
+    summary = reply_of(post(splitting, event))
+    assert summary["type"] == SUMMARY_TYPE
+    assert sorted(int(part[PART]) for part, _ in sink.events) == list(range(1, summary.data["parts"] + 1))
+
+
+def test_a_sink_down_beyond_the_retries_is_a_503_and_knatives_retry_completes(splitting, sink):
+    event = request_event({"texts": [f"retry {i}" for i in range(300)], "dimensions": 64})
+    sink.events.clear()
+    sink.refuse_next = 4  # every try of the first part (KEMBED_CALL_ATTEMPTS)
     failed = post(splitting, event)
     assert failed.status_code == 503
     assert failed.headers["retry-after"] == "2"
@@ -299,6 +309,13 @@ def test_too_large_without_k_sink_is_a_422_not_retried(eventing):
         (lambda: to_binary(request_event({"texts": ["x"]}, type="com.example.other")),
          f"expected '{REQUEST_TYPE}'"),
         (lambda: to_structured(request_event({"texts": ["x"], "dimensions": 1000})), "dimensions"),
+        # Once a 500 (the reply's JSON cannot hold the id) and a 502 (the V2 call cannot encode the text),
+        # which Knative retried 7 times; and an invisible text that embedded as [CLS][SEP].
+        (lambda: to_binary(request_event({"items": [{"id": 123456789012345678901234567890, "text": "x"}]})),
+         "data.items[0].id 123456789012345678901234567890 does not fit in 64 bits"),
+        (lambda: to_binary(request_event({"texts": ["ok", "lone \ud800 surrogate"]})),
+         "data.texts[1] contains a lone surrogate (U+D800)"),
+        (lambda: to_structured(request_event({"texts": ["\u200b\u200b"]})), "data.texts[0] is empty"),
     ],
 )
 def test_malformed_events_are_400_with_a_message(eventing, make, message):
@@ -323,6 +340,7 @@ def test_metrics_and_health(eventing):
 
 def test_predictor_down_is_503_with_retry_after_then_sigterm_exits_0(tmp_path):
     down = start_eventing(tmp_path, "down", f"http://127.0.0.1:{free_port()}", KEMBED_RETRY_AFTER_SECONDS="7",
+                          KEMBED_CALL_BACKOFF_SECONDS="0.05",
                           KEMBED_MAX_REQUEST_BYTES="4096")
     try:
         response = post(down, request_event({"texts": ["nobody is listening"]}))

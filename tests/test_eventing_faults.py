@@ -27,6 +27,7 @@ from tests.knative import Broker, backoff_schedule
 from tests.reference import cosine_rows
 from tests.test_eventing import direct, metric, post, reply_of, request_event, start_eventing
 
+PART_HEADER = "ce-" + PART
 Fault = str  # "ok", "503", "reset" (before forwarding), "lost" (forwarded, answer dropped), "stall"
 
 
@@ -200,17 +201,17 @@ def test_chunks_that_succeeded_survive_a_redelivery(eventing, proxy, predictor):
 def test_accepted_parts_are_not_posted_again_and_a_part_keeps_its_bytes(eventing, sink):
     event = request_event({"texts": [f"part bytes {i}" for i in range(60)], "dimensions": 32})
     start = len(sink.posts)
-    sink.refuse = lambda number, headers: headers["ce-" + PART] == "2"
+    sink.refuse = lambda number, headers: headers[PART_HEADER] == "2"
     failed = post(eventing, event)
     assert failed.status_code == 503 and "K_SINK" in failed.json()["error"]
     first = sink.posts[start:]
-    assert [(post[1]["ce-" + PART], post[3]) for post in first] == [("1", 202)] + [("2", 503)] * 4  # part 2 tried 4 times
+    assert [(post[1][PART_HEADER], post[3]) for post in first] == [("1", 202)] + [("2", 503)] * 4  # 4 tries
     sink.refuse = lambda number, headers: False
     summary = reply_of(post(eventing, event))
     assert summary["type"] == SUMMARY_TYPE
     second = sink.posts[start + len(first):]
     parts = summary.data["parts"]
-    assert [post[1]["ce-" + PART] for post in second] == [str(n) for n in range(2, parts + 1)]  # part 1 is not sent again
+    assert [post[1][PART_HEADER] for post in second] == [str(n) for n in range(2, parts + 1)]  # not part 1
     by_id: dict[str, set[tuple[bytes, str]]] = {}
     for ce_id, headers, body, _ in first + second:
         by_id.setdefault(ce_id, set()).add((body, headers["ce-time"]))

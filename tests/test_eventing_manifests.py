@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from eventing.settings import REQUEST_TYPE, build_parser
+from eventing.settings import REQUEST_TYPE, Settings, build_parser
+from tests.knative import backoff_schedule, iso_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "eventing" / "config"
@@ -128,10 +129,37 @@ def test_service_runs_the_eventing_entry_point_with_known_knobs():
     assert knobs <= flags, f"unknown KEMBED_* variables: {sorted(knobs - flags)}"
     assert env["KEMBED_REQUEST_TYPE"] == one("Trigger")["spec"]["filter"]["attributes"]["type"]
     assert env["KEMBED_INFERENCE_URL"].startswith("http")
-    assert int(env["KEMBED_DEDUP_TTL_SECONDS"]) > 2 ** (one("Trigger")["spec"]["delivery"]["retry"] + 1)
     assert handler["readinessProbe"]["httpGet"]["path"] == "/healthz"
     security = handler["securityContext"]
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"] and security["runAsUser"] == 1000
+
+
+def test_the_dedup_store_covers_the_triggers_retry_schedule_within_the_pods_memory():
+    """Knative's schedule (tests/knative.py): a redelivery after any attempt finds the event's stored reply
+    or finished chunks, even counting the TTL from the first attempt; the store fits in the pod."""
+    delivery = one("Trigger")["spec"]["delivery"]
+    schedule = backoff_schedule(delivery["retry"], delivery["backoffPolicy"], iso_seconds(delivery["backoffDelay"]))
+    assert schedule == [1, 2, 4, 8, 16, 32]  # what the Trigger's comment says
+    service = one("Service", one("Trigger")["spec"]["subscriber"]["ref"]["name"])
+    handler = container(service)
+    env = {item["name"]: item["value"] for item in handler["env"]}
+    ttl = float(env["KEMBED_DEDUP_TTL_SECONDS"])
+    assert ttl >= 5 * sum(schedule)
+    # The TTL also outlasts the service's own retries of one call ...
+    attempts, backoff = int(env["KEMBED_CALL_ATTEMPTS"]), Settings.call_backoff_seconds
+    timeout = float(env["KEMBED_REQUEST_TIMEOUT_SECONDS"])
+    assert ttl > attempts * timeout + sum(backoff * 2**n for n in range(attempts - 1))
+    # ... and the stored bytes stay within half the container's memory limit.
+    assert int(env["KEMBED_DEDUP_MAX_BYTES"]) <= quantity_bytes(handler["resources"]["limits"]["memory"]) // 2
+    assert int(env["KEMBED_DEDUP_MAX_BYTES"]) >= 64 * int(env["KEMBED_MAX_EVENT_BYTES"])
+
+
+def quantity_bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
 
 
 def test_sinkbinding_shape():

@@ -15,11 +15,13 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from eventing.dedup import Deduplicator
 from eventing.errors import EventFailure
 from eventing.reply import PART, PARTS, REQUEST_ID, plan_reply
 from eventing.request import EmbedJob, parse_job
+from eventing.retry import backoff_seconds, with_retries
 from eventing.settings import COMPLETED_TYPE, REQUEST_TYPE, SUMMARY_TYPE, Settings, build_parser, settings_from_args
 
 ITEMS = {"items": [{"id": "a", "text": "first"}, {"id": 7, "text": "second"}], "normalize": False, "dimensions": 8}
@@ -57,6 +59,12 @@ MALFORMED = [
     ({}, "exactly one of 'items' or 'texts'"),
     ({"items": [{"id": "a"}]}, "data.items[0].text must be a string"),
     ({"items": [{"id": "a", "text": "   "}]}, "data.items[0].text is empty"),
+    ({"items": [{"id": "a", "text": "\u200b\u2060\ufeff \u200d"}]}, "data.items[0].text is empty"),
+    ({"texts": ["ok", "\x00\u0301"]}, "data.texts[1] is empty"),
+    ({"texts": ["half a pair: \ud83d"]}, "data.texts[0] contains a lone surrogate (U+D83D) at character 13"),
+    ({"items": [{"id": "\udc00", "text": "x"}]}, "data.items[0].id contains a lone surrogate"),
+    ({"items": [{"id": 123456789012345678901234567890, "text": "x"}]}, "does not fit in 64 bits"),
+    ({"items": [{"id": -(2**63) - 1, "text": "x"}]}, "does not fit in 64 bits"),
     ({"items": [{"text": "x"}]}, "data.items[0].id must be a non-empty string or an integer"),
     ({"items": [{"id": True, "text": "x"}]}, "data.items[0].id must be"),
     ({"items": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, "data.items[1].id 'a' is a duplicate"),
@@ -231,19 +239,24 @@ class FakeClock:
         return self.now
 
 
+def dedup(ttl: float = 60, max_entries: int = 10, max_bytes: int = 1 << 20, clock=None) -> Deduplicator:
+    """States are lists of what each attempt saw; a state's size is 10 bytes per element."""
+    return Deduplicator(ttl, max_entries, max_bytes, list, lambda state: 10 * len(state), clock or FakeClock())
+
+
 def test_concurrent_duplicates_share_one_computation():
     async def scenario():
-        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=60, max_entries=10)
+        store = dedup()
         release = asyncio.Event()
         calls = []
 
-        async def compute():
+        async def compute(state):
             calls.append(1)
             await release.wait()
             return "reply"
 
-        first = asyncio.create_task(dedup.run("k", compute))
-        second = asyncio.create_task(dedup.run("k", compute))
+        first = asyncio.create_task(store.run("k", compute))
+        second = asyncio.create_task(store.run("k", compute))
         await asyncio.sleep(0.01)
         assert not first.done() and not second.done()  # the second is waiting on the first computation
         release.set()
@@ -255,50 +268,111 @@ def test_concurrent_duplicates_share_one_computation():
     assert len(calls) == 1
 
 
-def test_failures_are_not_kept_and_a_retry_computes_again():
+def test_a_failed_attempt_leaves_its_state_to_the_next():
+    """A retry computes again (a failure is not a reply), but on what the failed attempt achieved."""
     async def scenario():
-        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=60, max_entries=10)
-        attempts = []
+        store = dedup()
 
-        async def flaky():
-            attempts.append(1)
-            if len(attempts) == 1:
+        async def flaky(state):
+            state.append(len(state))
+            if len(state) == 1:
                 raise EventFailure(503, "unavailable", "down", 1)
-            return "ok"
+            return list(state)
 
         with pytest.raises(EventFailure):
-            await dedup.run("k", flaky)
-        return await dedup.run("k", flaky), len(attempts)
+            await store.run("k", flaky)
+        await asyncio.sleep(0)
+        again = await store.run("k", flaky)
+        await asyncio.sleep(0)
+        return again, await store.run("k", flaky)
 
-    assert asyncio.run(scenario()) == (("ok", False), 2)
+    assert asyncio.run(scenario()) == (([0, 1], False), ([0, 1], True))
 
 
-def test_replies_expire_after_the_ttl_and_beyond_max_entries():
+def test_entries_expire_after_the_ttl_and_beyond_the_count_and_byte_bounds():
     async def scenario():
         clock = FakeClock()
-        dedup: Deduplicator[str] = Deduplicator(ttl_seconds=10, max_entries=2, clock=clock)
+        store = dedup(ttl=10, max_entries=2, clock=clock)
         counts: dict[str, int] = {}
 
-        def compute(key):
-            async def run():
+        def compute(key, size=1):
+            async def run(state):
                 counts[key] = counts.get(key, 0) + 1
+                state.extend([key] * size)
                 return key
             return run
 
-        await dedup.run("a", compute("a"))
-        await asyncio.sleep(0)
-        clock.now = 5
-        assert await dedup.run("a", compute("a")) == ("a", True)
+        async def run(key, size=1, into=store):
+            result = await into.run(key, compute(key, size))
+            await asyncio.sleep(0)  # the done callback stores it
+            return result
+
+        await run("a")
+        clock.now = 9
+        assert await run("a") == ("a", True)
         clock.now = 11
-        assert await dedup.run("a", compute("a")) == ("a", False)  # expired: computed again
+        assert await run("a") == ("a", False)  # expired: computed again
+        evicted = REGISTRY.get_sample_value("kembed_dedup_evicted_total")
         for key in ("b", "c"):
-            await dedup.run(key, compute(key))
-            await asyncio.sleep(0)
-        assert len(dedup) == 2  # "a" (the oldest) was evicted
-        assert await dedup.run("a", compute("a")) == ("a", False)
+            await run(key)
+        assert len(store) == 2  # "a" (the oldest) was evicted for the count
+        assert await run("a") == ("a", False)
+        small = dedup(max_bytes=25)
+        for key, size in (("x", 1), ("y", 1), ("z", 2)):
+            await run(key, size, into=small)
+        assert len(small) == 1 and small.bytes == 20  # 40 bytes held: the two oldest went
+        assert REGISTRY.get_sample_value("kembed_dedup_evicted_total") - evicted == 4
         return counts
 
-    assert asyncio.run(scenario()) == {"a": 3, "b": 1, "c": 1}
+    assert asyncio.run(scenario()) == {"a": 3, "b": 1, "c": 1, "x": 1, "y": 1, "z": 1}
+
+
+def test_an_attempt_in_flight_is_never_evicted():
+    async def scenario():
+        store = dedup(max_entries=0)
+        release = asyncio.Event()
+
+        async def slow(state):
+            await release.wait()
+            return "slow"
+
+        pending = asyncio.create_task(store.run("slow", slow))
+        await asyncio.sleep(0)
+        await store.run("other", lambda state: asyncio.sleep(0, "other"))
+        assert len(store) == 1  # "other" went, "slow" stays while it runs
+        joined = asyncio.create_task(store.run("slow", slow))
+        release.set()
+        return await pending, await joined
+
+    assert asyncio.run(scenario()) == (("slow", False), ("slow", True))
+
+
+def test_retries_cure_transient_failures_within_the_bound():
+    async def scenario(failures: list[EventFailure], attempts: int):
+        calls = []
+
+        async def call():
+            calls.append(1)
+            if len(calls) <= len(failures):
+                raise failures[len(calls) - 1]
+            return "ok"
+
+        try:
+            return await with_retries(call, attempts, 0.0, "chunk"), len(calls)
+        except EventFailure as failure:
+            return failure.status, len(calls)
+
+    transient = [EventFailure(503, "unavailable", "down", 1), EventFailure(429, "overloaded", "busy", 1),
+                 EventFailure(502, "bad_upstream", "garbled")]
+    assert asyncio.run(scenario(transient, 4)) == ("ok", 4)
+    assert asyncio.run(scenario(transient, 3)) == (502, 3)  # bounded: the last failure is the event's
+    assert asyncio.run(scenario([EventFailure(400, "rejected", "bad text")], 4)) == (400, 1)  # not retried
+
+
+def test_backoff_doubles_with_jitter_in_its_upper_half():
+    for attempt in range(4):
+        waits = [backoff_seconds(attempt, 0.5) for _ in range(200)]
+        assert 0.25 * 2**attempt <= min(waits) < max(waits) <= 0.5 * 2**attempt
 
 
 def test_every_knob_reads_its_env_var(monkeypatch):
@@ -307,6 +381,7 @@ def test_every_knob_reads_its_env_var(monkeypatch):
         "KEMBED_EVENT_SOURCE": "/src", "KEMBED_MAX_ITEMS": "7", "KEMBED_CHUNK_SIZE": "3", "KEMBED_PARALLELISM": "2",
         "KEMBED_MAX_EVENT_BYTES": "5000", "KEMBED_MAX_REQUEST_BYTES": "999", "KEMBED_DEDUP_TTL_SECONDS": "1.5",
         "KEMBED_DEDUP_MAX_ENTRIES": "4", "KEMBED_REQUEST_TIMEOUT_SECONDS": "2.5", "KEMBED_RETRY_AFTER_SECONDS": "9",
+        "KEMBED_DEDUP_MAX_BYTES": "4096", "KEMBED_CALL_ATTEMPTS": "2", "KEMBED_CALL_BACKOFF_SECONDS": "0.1",
         "K_SINK": "http://broker.example/", "K_CE_OVERRIDES": '{"extensions": {"team": "a"}}', "PORT": "9999",
     }
     for name, value in values.items():
@@ -317,6 +392,7 @@ def test_every_knob_reads_its_env_var(monkeypatch):
         inference_url="http://isvc.example", model_name="other", request_type="t.x", event_source="/src",
         max_items=7, chunk_size=3, parallelism=2, max_event_bytes=5000, max_request_bytes=999,
         dedup_ttl_seconds=1.5, dedup_max_entries=4, request_timeout_seconds=2.5, retry_after_seconds=9,
+        dedup_max_bytes=4096, call_attempts=2, call_backoff_seconds=0.1,
         sink="http://broker.example/", port=9999, ce_overrides={"team": "a"},
     )
     assert build_parser().parse_args(["--http_port", "1234", "--grpc_port", "5"]).port == 1234
