@@ -1,7 +1,18 @@
-"""`canary --guard`: watch the canary revision's error ratio and p99 in Prometheus, roll back on a breach.
+"""`canary --guard`: watch the canary revision in Prometheus, roll back on a breach or when it cannot see.
 
-Reads Prometheus' HTTP API (`/api/v1/query`) and the labels the PodMonitor adds (namespace, isvc,
-component, revision). A guard that cannot see is no guard: when Prometheus fails, it rolls back too.
+Signals, each an instant query against Prometheus' HTTP API (`/api/v1/query`):
+- kembed's own counters of the canary predictor revision (labels from the PodMonitor: namespace, isvc,
+  component, revision): 5xx ratio and p99;
+- the transformer's 5xx ratio (what clients see; a crash-looping predictor shows up here as 503s);
+- Knative's queue-proxy and activator 5xx ratios for the revision, where they are scraped, under both metric
+  generations (OpenCensus names up to Knative 1.18: `revision_request_count`, `activator_request_count`;
+  OpenTelemetry names: `kn_serving_invocation_duration_seconds` from 1.21, `http_server_request_duration_seconds`
+  of the activator, labelled `kn_revision_name`);
+- container restarts of the revision's pods (kube-state-metrics; Knative names them `<revision>-deployment-…`).
+
+An empty answer means "no data" for that signal, never "healthy": the canary is promoted only after at least
+`min_requests` canary requests; with fewer by the end of the window it is rolled back. A query that fails
+rolls back too (a guard that cannot see is no guard). Every breach names the query, the value and the limit.
 """
 
 from __future__ import annotations
@@ -14,43 +25,87 @@ from typing import Any
 
 import httpx
 
-from inferenceservices.cluster import Cluster, RolloutError, get_isvc
-from inferenceservices.rollout import rollback, wait
+from inferenceservices.cluster import Cluster, RolloutError
+from inferenceservices.rollout import Rollout, rollback, wait
 
 
 @dataclass(frozen=True)
 class Limits:
     max_error_ratio: float = 0.01   # the 1 % error budget of the alerts
     max_p99_s: float = 0.5          # the 500 ms SLO
+    min_requests: int = 100         # canary requests needed before the canary can be called healthy
+    max_restarts: int = 0           # container restarts of canary pods
     rate_window: str = "1m"         # PromQL range for rate(): 4 scrapes at the PodMonitor's 15 s
 
 
 @dataclass(frozen=True)
-class Sample:
-    error_ratio: float   # NaN while the canary has had no traffic
-    p99_s: float
+class Signal:
+    name: str
+    query: str
+    limit: float
+    unit: str = "ratio"             # how value and limit are printed
 
-    def breaches(self, limits: Limits) -> list[str]:
-        found = []
-        if self.error_ratio > limits.max_error_ratio:
-            found.append(f"error ratio {self.error_ratio:.2%} > {limits.max_error_ratio:.2%}")
-        if self.p99_s > limits.max_p99_s:
-            found.append(f"p99 {self.p99_s * 1000:.0f} ms > {limits.max_p99_s * 1000:.0f} ms")
-        return found
+    def show(self, value: float) -> str:
+        if self.unit == "ratio":
+            return f"{value:.2%}"
+        if self.unit == "s":
+            return f"{value * 1000:.0f} ms"
+        return f"{value:g}"
 
 
-def queries(namespace: str, isvc: str, revision: str, window: str) -> dict[str, str]:
+def ratio(metric: str, selector: str, bad: str, window: str) -> str:
+    return (f"sum(rate({metric}{{{selector}, {bad}}}[{window}])) / sum(rate({metric}{{{selector}}}[{window}]))")
+
+
+def signals(namespace: str, isvc: str, revisions: dict[str, str], limits: Limits) -> list[Signal]:
+    """The queries for one canary: `revisions` maps component -> canary revision (predictor always)."""
+    window, predictor = limits.rate_window, revisions["predictor"]
+    ours = f'namespace="{namespace}", isvc="{isvc}", component="predictor", revision="{predictor}"'
+    transformer = f'namespace="{namespace}", isvc="{isvc}", component="transformer"'
+    if "transformer" in revisions:
+        transformer += f', revision="{revisions["transformer"]}"'
+    found = [
+        Signal("predictor 5xx ratio", ratio("kembed_requests_total", ours, 'status=~"5.."', window),
+               limits.max_error_ratio),
+        Signal("predictor p99", "histogram_quantile(0.99, sum by (le) "
+               f"(rate(kembed_request_duration_seconds_bucket{{{ours}}}[{window}])))", limits.max_p99_s, "s"),
+        Signal("transformer 5xx ratio", ratio("kembed_requests_total", transformer, 'status=~"5.."', window),
+               limits.max_error_ratio),
+    ]
+    for component, revision in revisions.items():
+        opencensus = f'namespace_name="{namespace}", revision_name="{revision}"'
+        pods = f'namespace="{namespace}", pod=~"{revision}-deployment-.+"'
+        activator = f'k8s_namespace_name="{namespace}", kn_revision_name="{revision}"'
+        found += [
+            Signal(f"{component} queue-proxy 5xx ratio",
+                   ratio("revision_request_count", opencensus, 'response_code_class="5xx"', window),
+                   limits.max_error_ratio),
+            Signal(f"{component} queue-proxy 5xx ratio",
+                   ratio("kn_serving_invocation_duration_seconds_count", pods, 'http_response_status_code=~"5.."',
+                         window), limits.max_error_ratio),
+            Signal(f"{component} activator 5xx ratio",
+                   ratio("activator_request_count", opencensus, 'response_code_class="5xx"', window),
+                   limits.max_error_ratio),
+            Signal(f"{component} activator 5xx ratio",
+                   ratio("http_server_request_duration_seconds_count", activator, 'http_response_status_code=~"5.."',
+                         window), limits.max_error_ratio),
+        ]
+    return found
+
+
+def restarts(namespace: str, revisions: dict[str, str], since_s: float, limit: int) -> Signal:
+    pods = "|".join(f"{revision}-deployment-.+" for revision in revisions.values())
+    return Signal("container restarts", "sum(increase(kube_pod_container_status_restarts_total"
+                  f'{{namespace="{namespace}", pod=~"{pods}"}}[{max(60, round(since_s))}s]))', limit, "count")
+
+
+def canary_requests(namespace: str, isvc: str, revision: str, since_s: float) -> str:
     selector = f'namespace="{namespace}", isvc="{isvc}", component="predictor", revision="{revision}"'
-    requests = f"sum(rate(kembed_requests_total{{{selector}}}[{window}]))"
-    return {
-        "error_ratio": f'sum(rate(kembed_requests_total{{{selector}, status=~"5.."}}[{window}])) / {requests}',
-        "p99_s": "histogram_quantile(0.99, sum by (le) "
-                 f"(rate(kembed_request_duration_seconds_bucket{{{selector}}}[{window}])))",
-    }
+    return f"sum(increase(kembed_requests_total{{{selector}}}[{max(60, round(since_s))}s]))"
 
 
 def instant(client: httpx.Client, query: str) -> float:
-    """One instant query; an empty result (no traffic yet) is NaN."""
+    """One instant query; an empty result (no such series yet) is NaN."""
     try:
         response = client.get("/api/v1/query", params={"query": query})
         body: dict[str, Any] = response.json()
@@ -64,48 +119,62 @@ def instant(client: httpx.Client, query: str) -> float:
     return float(result[0]["value"][1]) if result else math.nan
 
 
-def canary_revision(isvc: dict[str, Any]) -> str:
-    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
-    for target in predictor.get("traffic") or []:
-        if target.get("latestRevision") and target.get("revisionName"):
-            return target["revisionName"]
-    revision = predictor.get("latestReadyRevision")
-    if not revision:
-        raise RolloutError("the controller reports no predictor revision for the canary yet")
-    return revision
+def canary_revisions(isvc: dict[str, Any], rollout: Rollout) -> dict[str, str]:
+    """The revisions the patch created, read from the status after it (latestCreatedRevision)."""
+    components = isvc.get("status", {}).get("components") or {}
+    revisions = {component: (components.get(component) or {}).get("latestCreatedRevision", "")
+                 for component in dict.fromkeys(["predictor", *rollout.replaces])}
+    missing = [component for component, revision in revisions.items() if not revision]
+    if missing:
+        raise RolloutError(f"the controller reports no {', '.join(missing)} revision for the canary")
+    return revisions
 
 
 def guard(
-    cluster: Cluster, name: str, prometheus_url: str, window_s: float, interval_s: float, limits: Limits,
+    cluster: Cluster, rollout: Rollout, prometheus_url: str, window_s: float, interval_s: float, limits: Limits,
     ready_timeout_s: float = 600, log: Callable[[str], None] = print,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-) -> Sample | None:
-    """Watches for window_s; returns the last sample when healthy, raises RolloutError after rolling back."""
+) -> int:
+    """Watches for window_s; returns the canary's request count when healthy, raises after rolling back."""
+    name = rollout.name
 
     def roll_back(reason: str) -> RolloutError:
-        rollback(cluster, name)
+        rollback(cluster, name, rollout.component)
         return RolloutError(f"canary of {cluster.namespace}/{name} rolled back: {reason}")
 
     try:
-        wait(cluster, name, ready_timeout_s, clock=clock, sleep=sleep)
+        isvc = wait(cluster, name, ready_timeout_s, min(2.0, interval_s), rollout.replaces, clock=clock, sleep=sleep)
+        revisions = canary_revisions(isvc, rollout)
     except RolloutError as exc:
         raise roll_back(str(exc)) from None
-    revision = canary_revision(get_isvc(cluster, name))
-    promql = queries(cluster.namespace, name, revision, limits.rate_window)
-    log(f"guarding canary revision {revision} for {window_s:g}s (error ratio <= {limits.max_error_ratio:.2%}, "
-        f"p99 <= {limits.max_p99_s * 1000:.0f} ms)")
-    deadline = clock() + window_s
-    last: Sample | None = None
+    revision = revisions["predictor"]
+    log(f"guarding canary revision {', '.join(revisions.values())} for {window_s:g}s (5xx ratio <= "
+        f"{limits.max_error_ratio:.2%}, p99 <= {limits.max_p99_s * 1000:.0f} ms, >= {limits.min_requests} "
+        "canary requests)")
+    started = clock()
+    deadline = started + window_s
     with httpx.Client(base_url=prometheus_url.rstrip("/"), timeout=10) as prometheus:
         while True:
+            since = clock() - started
             try:
-                last = Sample(instant(prometheus, promql["error_ratio"]), instant(prometheus, promql["p99_s"]))
+                watched = [*signals(cluster.namespace, name, revisions, limits),
+                           restarts(cluster.namespace, revisions, since, limits.max_restarts)]
+                values = [(signal, instant(prometheus, signal.query)) for signal in watched]
+                count_query = canary_requests(cluster.namespace, name, revision, since)
+                count = instant(prometheus, count_query)
             except RolloutError as exc:
                 raise roll_back(str(exc)) from None
-            breaches = last.breaches(limits)
+            breaches = [f"{signal.name} {signal.show(value)} > {signal.show(signal.limit)} ({signal.query})"
+                        for signal, value in values if value > signal.limit]
             if breaches:
-                raise roll_back(", ".join(breaches))
-            log(f"{revision}: error ratio {last.error_ratio:.2%}, p99 {last.p99_s * 1000:.0f} ms")
+                raise roll_back("; ".join(breaches))
+            count = 0 if math.isnan(count) else count
+            seen = ", ".join(f"{signal.name} {signal.show(value)}" for signal, value in values if not math.isnan(value))
+            log(f"{revision}: {count:.0f} requests; {seen or 'no samples yet'}")
             if clock() >= deadline:
-                return last
+                if count < limits.min_requests:
+                    raise roll_back(f"only {count:.0f} canary requests in {window_s:g}s, at least "
+                                    f"{limits.min_requests} are needed to call it healthy ({count_query})")
+                return round(count)
             sleep(interval_s)
+
