@@ -26,6 +26,7 @@ serve-predictor: setup
 
 tools: setup
 	bash scripts/fetch-kubectl.sh
+	bash scripts/fetch-promtool.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

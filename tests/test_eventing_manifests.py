@@ -4,6 +4,7 @@ for it; SinkBinding's CRD is not among them and is checked structurally."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -15,6 +16,8 @@ import yaml
 
 from eventing.settings import REQUEST_TYPE, Settings, build_parser
 from tests.knative import backoff_schedule, iso_seconds
+from tests.test_manifests import schema_errors
+ (Monitoring selected by kube-prometheus-stack (release label, one patch; portNumber floor documented), transformer 5xx and absent() alerts, per-revision max replicas, eventing scraped and alerted on, promtool unit tests of every alert (make tools installs promtool); eventing calls the transformer's Knative address (Kourier and Istio); retry schedule from Knative's formula; NetworkPolicy component for predictor, transformer and eventing with namespaces as kustomize variables)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "eventing" / "config"
@@ -24,6 +27,8 @@ SCHEMAS = {
     ("eventing.knative.dev/v1", "Broker"): "eventing.knative.dev_brokers.yaml",
     ("eventing.knative.dev/v1", "Trigger"): "eventing.knative.dev_triggers.yaml",
     ("serving.knative.dev/v1", "Service"): "serving.knative.dev_services.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
 
 
@@ -88,6 +93,9 @@ def test_resources_validate_against_their_crd(doc):
     if key == ("sources.knative.dev/v1", "SinkBinding"):
         pytest.skip("SinkBinding's CRD is not in shared/crds: checked structurally in test_sinkbinding_shape")
     assert key in SCHEMAS, f"no schema for {key}"
+    if key[0].startswith("monitoring.coreos.com/"):   # prometheus-operator's CRDs need test_manifests' strict()
+        assert schema_errors(doc) == []
+        return
     jsonschema.validate(doc, crd_schema(SCHEMAS[key]))
 
 
@@ -162,6 +170,27 @@ def quantity_bytes(quantity: str) -> int:
     return int(quantity)
 
 
+def test_the_inference_url_is_the_transformers_knative_address():
+    """<isvc>-transformer.<namespace>.svc.cluster.local: served by Knative on Kourier and Istio alike."""
+    isvc = yaml.safe_load((ROOT / "inferenceservices" / "base" / "inferenceservice.yaml").read_text())
+    namespace = kustomization()["namespace"]
+    env = {item["name"]: item["value"] for item in container(one("Service", "kembed-eventing"))["env"]}
+    assert "transformer" in isvc["spec"]
+    assert env["KEMBED_INFERENCE_URL"] == f"http://{isvc['metadata']['name']}-transformer.{namespace}.svc.cluster.local"
+
+
+def test_the_eventing_service_is_scraped_and_alerted_on():
+    monitor, rule = one("PodMonitor"), one("PrometheusRule")
+    service = one("Service", "kembed-eventing")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"serving.knative.dev/service": service["metadata"]["name"]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["portNumber"] == container(service)["ports"][0]["containerPort"] and endpoint["path"] == "/metrics"
+    for obj in (monitor, rule):
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"KembedEventingFailing", "KembedEventsDeadLettered", "KembedEventingMetricsAbsent"} <= alerts
+
+
 def test_sinkbinding_shape():
     """Structural check (no CRD here): sources.knative.dev/v1 SinkBinding whose subject is the handler
     Service and whose sink is the Broker, so split results flow back into it."""
@@ -198,7 +227,9 @@ def test_kustomize_renders_everything_into_one_namespace():
         assert doc["metadata"]["namespace"] == namespace
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kembed"
         key = (doc["apiVersion"], doc["kind"])
-        if key in SCHEMAS:
+        if key[0].startswith("monitoring.coreos.com/"):
+            assert schema_errors(doc) == []
+        elif key in SCHEMAS:
             jsonschema.validate(doc, crd_schema(SCHEMAS[key]))
 
 

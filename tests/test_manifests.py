@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -26,7 +27,7 @@ KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 CRDS = Path(__file__).resolve().parent / "crds"
 PACKAGE = ROOT / "inferenceservices"
 OVERLAYS = ["overlays/cpu", "overlays/gpu", "overlays/canary/v1", "overlays/canary", "overlays/raw-keda"]
-EXAMPLES = ["examples/networkpolicy"]
+EXAMPLES = ["examples/networkpolicy", "examples/monitoring-release"]
 KUBERNETES_VERSION = "1.35.0"  # the kubectl that renders them
 CRD_FILES = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
@@ -54,6 +55,10 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [obj for obj in objects if obj["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def policies(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "NetworkPolicy"}
 
 
 def config_maps(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -143,7 +148,7 @@ def test_the_validators_reject_typos_and_wrong_types():
     assert any("scaleMetric" in error for error in schema_errors(isvc))
     isvc["spec"]["predictor"]["scaleMetric"] = None  # a null is dropped, as the API server does
     assert not any("scaleMetric" in error for error in schema_errors(isvc))
-    policy = copy.deepcopy(one(render("examples/networkpolicy"), "NetworkPolicy"))
+    policy = copy.deepcopy(policies(render("examples/networkpolicy"))["kembed-inferenceservice"])
     policy["spec"]["ingres"] = policy["spec"].pop("ingress")
     assert schema_errors(policy)
     rule = copy.deepcopy(one(render("overlays/cpu"), "PrometheusRule"))
@@ -367,3 +372,79 @@ def test_every_configmap_reference_resolves():
         for component in COMPONENTS:
             for source in isvc["spec"][component]["containers"][0]["envFrom"]:
                 assert source["configMapRef"]["name"] in names, (directory, source)
+
+
+# --- monitoring selection and network policies -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", OVERLAYS)
+def test_monitoring_objects_carry_kube_prometheus_stacks_release_label(directory):
+    """kube-prometheus-stack selects PodMonitors and PrometheusRules by `release: <helm release>`."""
+    objects = render(directory)
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert one(objects, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+    assert "release" not in one(objects, "InferenceService")["metadata"].get("labels", {})
+
+
+def test_the_release_label_is_one_documented_patch():
+    objects = render("examples/monitoring-release")
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert one(objects, kind)["metadata"]["labels"]["release"] == "prometheus", kind
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    assert "labelSelector: release=kube-prometheus-stack" in docs and "targetPort: 8080" in docs
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def namespaces(rules: list[dict[str, Any]], side: str) -> set[str]:
+    return {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in rules for peer in rule[side] if "matchLabels" in peer.get("namespaceSelector", {})}
+
+
+def test_network_policies_cover_predictor_transformer_and_eventing():
+    from tests.test_eventing_manifests import one as eventing_one
+
+    objects = render("examples/networkpolicy")
+    found = policies(objects)
+    assert set(found) == {"kembed-inferenceservice", "kembed-eventing"}
+    assert "kembed-networks" not in config_maps(objects)   # the variables are local-config, never applied
+    assert "VARIABLE" not in json.dumps(list(found.values()))
+    isvc = one(objects, "InferenceService")
+    pods = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}   # KServe labels both components' pods
+    assert selects(found["kembed-inferenceservice"]["spec"]["podSelector"], pods)
+    eventing = eventing_one("Service", "kembed-eventing")["metadata"]["name"]
+    assert selects(found["kembed-eventing"]["spec"]["podSelector"], {"serving.knative.dev/service": eventing})
+    for policy in found.values():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert namespaces(spec["ingress"], "from") == {"knative-serving", "kourier-system", "monitoring"}
+        ports = {port["port"] for rule in spec["ingress"] for port in rule.get("ports", [])}
+        assert {8012, 8080} <= ports   # queue-proxy and the container port (/metrics, Standard mode)
+        assert any(port["port"] == 53 for rule in spec["egress"] for port in rule.get("ports", []))
+    assert "knative-eventing" in namespaces(found["kembed-eventing"]["spec"]["egress"], "to")
+
+
+def test_network_policy_namespaces_are_kustomize_variables(tmp_path):
+    """Another networks.yaml next to an overlay changes every namespace the policies open to."""
+    variables = yaml.safe_load((PACKAGE / "examples" / "networkpolicy" / "networks.yaml").read_text())
+    variables["data"].update(ingressNamespace="istio-system", monitoringNamespace="observability",
+                             knativeServingNamespace="serving", knativeEventingNamespace="eventing",
+                             modelStorageCIDR="10.20.0.0/16")
+    (tmp_path / "networks.yaml").write_text(yaml.safe_dump(variables))
+    package = Path(os.path.relpath(PACKAGE, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "namespace": "kembed", "resources": [str(package / "overlays" / "gpu"), "networks.yaml"],
+        "components": [str(package / "networkpolicy")],
+    }))
+    result = subprocess.run([str(KUBECTL), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = policies([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    for policy in found.values():
+        assert namespaces(policy["spec"]["ingress"], "from") == {"serving", "istio-system", "observability"}
+        assert schema_errors(policy) == []
+    assert namespaces(found["kembed-eventing"]["spec"]["egress"], "to") == {"istio-system", "eventing"}
+    storage = [peer["ipBlock"]["cidr"] for rule in found["kembed-inferenceservice"]["spec"]["egress"]
+               for peer in rule["to"] if "ipBlock" in peer]
+    assert storage == ["10.20.0.0/16"]
