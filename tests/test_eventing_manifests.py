@@ -4,7 +4,6 @@ for it; SinkBinding's CRD is not among them and is checked structurally."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -17,7 +16,6 @@ import yaml
 from eventing.settings import REQUEST_TYPE, Settings, build_parser
 from tests.knative import backoff_schedule, iso_seconds
 from tests.test_manifests import schema_errors
- (Monitoring selected by kube-prometheus-stack (release label, one patch; portNumber floor documented), transformer 5xx and absent() alerts, per-revision max replicas, eventing scraped and alerted on, promtool unit tests of every alert (make tools installs promtool); eventing calls the transformer's Knative address (Kourier and Istio); retry schedule from Knative's formula; NetworkPolicy component for predictor, transformer and eventing with namespaces as kustomize variables)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "eventing" / "config"
