@@ -4,7 +4,7 @@
 #
 #   CPU (default): docker build -t ghcr.io/kembed/kembed:0.1.0 .
 #   CUDA:          docker build -t ghcr.io/kembed/kembed:0.1.0-cu128 \
-#                    --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" .
+#                    --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 #   Extra model:   docker build --build-arg MODEL_SRC=path/to/model/in/context -t ... .
 #                  (copied to /models and KEMBED_MODEL_DIR=/models; without it the bundled model is served)
 #
@@ -19,9 +19,10 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
 
-# PyPI's default Linux torch wheel is the CUDA build (gigabytes): the CPU image takes the CPU wheel from
-# PyTorch's own index. Same pin as `make setup` (Makefile TORCH_SPEC, scripts/install.sh).
-ARG TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# PyPI's default Linux torch wheel is the CUDA build (gigabytes): scripts/install.sh adds PyTorch's CPU
+# index, so the CPU wheel wins. Same pin and index as `make setup` (Makefile, scripts/install.sh).
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG PIP_VERSION=26.3
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel by default; CUDA users: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# torch's CPU build by default (PyTorch's CPU index as an extra source, see scripts/install.sh);
+# CUDA: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.kembed-installed
 
 .PHONY: setup serve serve-predictor test lint bench tools clean
 
 # scripts/install.sh is the one install procedure, shared with the Dockerfile.
 $(STAMP): pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) bash scripts/install.sh --check-python
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	PYTHON=$(PY) TORCH_SPEC="$(TORCH_SPEC)" PIP_QUIET=1 bash scripts/install.sh -e ".[test]"
+	$(PY) -m pip install --upgrade pip
+	PYTHON=$(PY) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" bash scripts/install.sh -e ".[test]"
 	touch $@
 
 setup: $(STAMP)

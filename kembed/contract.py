@@ -23,6 +23,8 @@ from kserve.protocol.infer_type import (
     RequestedOutput,
     to_http_parameters,
 )
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from pydantic import ValidationError
 
 TEXT = "text"
 INPUT_IDS = "input_ids"
@@ -177,6 +179,28 @@ def require_v2(payload: object) -> InferRequest:
     if not isinstance(payload, InferRequest):
         raise InvalidInput("kembed speaks the V2 protocol: POST /v2/models/{name}/infer")
     return payload
+
+
+def parse_rest_request(body: bytes) -> InferenceRequest:
+    """A V2 REST JSON body. Anything malformed is the client's error: InvalidInput, which kserve answers
+    with 400 over REST and INVALID_ARGUMENT over gRPC (where the same mistakes fail in decoding), not
+    FastAPI's 422."""
+    try:
+        return InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidInput(f"malformed V2 request: {describe_errors(exc.errors(include_input=False))}") from None
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's errors as one line that names each field (a body-level error has no field)."""
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = str(error.get("msg", "invalid"))
+        if where == "inputs" and error.get("type") == "missing":
+            message += ' (a V2 body is {"inputs": [...]}; V1 {"instances": [...]} is not served)'
+        problems.append(f"'{where}': {message}" if where else message)
+    return "; ".join(problems) or "invalid request"
 
 
 def check_input_names(request: InferRequest) -> None:

@@ -23,11 +23,9 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse, to_http_parameters
-from kserve.protocol.rest.v2_datamodels import InferenceRequest
-from pydantic import ValidationError
 
-from kembed import metrics
-from kembed.errors import QueueFull
+from kembed import contract, metrics
+from kembed.errors import QueueFull, error_document
 from kembed.health import ServingHealth
 from kembed.repository import ClosedRepository, RepositoryDisabled, repository_disabled_handler
 
@@ -97,7 +95,7 @@ class EdgeMiddleware:
 
         async def refuse() -> Message:
             nonlocal refused
-            await self._too_large(send_and_record)
+            await self._too_large(send_and_record, scope["path"])
             refused = True
             return {"type": "http.disconnect"}
 
@@ -112,7 +110,7 @@ class EdgeMiddleware:
         retry_after = self.admission() if counted and self.admission is not None else None
         try:
             if retry_after is not None:
-                await self._shed(send_and_record, retry_after)
+                await self._shed(send_and_record, retry_after, scope["path"])
             elif _declared_length(scope) > self.max_body_bytes:
                 await refuse()
             elif counted:
@@ -131,18 +129,20 @@ class EdgeMiddleware:
                 metrics.REQUESTS.labels(model=self.model_name, status=str(status)).inc()
                 self.duration.observe(time.perf_counter() - started)
 
-    async def _shed(self, send: Send, retry_after: int) -> None:
+    async def _shed(self, send: Send, retry_after: int, path: str) -> None:
+        message = f"the embedding queue is full; retry after {retry_after} s"
         response = JSONResponse(
             status_code=429,
-            content={"error": f"the embedding queue is full; retry after {retry_after} s"},
+            content=error_document(path, 429, message, "queue_full"),
             headers={"Retry-After": str(retry_after)},
         )
         await response({"type": "http"}, _no_body, send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, path: str) -> None:
+        message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
         response = JSONResponse(
             status_code=413,
-            content={"error": f"request body is larger than the limit of {self.max_body_bytes} bytes"},
+            content=error_document(path, 413, message, "request_too_large"),
             headers={"Connection": "close"},
         )
         await response({"type": "http"}, _no_body, send)
@@ -162,21 +162,21 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-async def queue_full_handler(_: Request, exc: Exception) -> JSONResponse:
+async def queue_full_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFull)
     return JSONResponse(
-        status_code=429, content={"error": str(exc)}, headers={"Retry-After": str(exc.retry_after_s)}
+        status_code=429, content=error_document(request.url.path, 429, str(exc), "queue_full"),
+        headers={"Retry-After": str(exc.retry_after_s)},
     )
 
 
-async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's default 422 echoes the offending input, and fails (500) when that input holds a
-    NaN or Infinity; this names each problem by its location instead."""
+    NaN or Infinity; this names each problem by its location instead, with the 400 that every other
+    malformed request gets."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}" for error in errors
-    )
-    return JSONResponse(status_code=422, content={"error": f"invalid request: {problems or exc}"})
+    message = f"invalid request: {contract.describe_errors(errors) if errors else exc}"
+    return JSONResponse(status_code=400, content=error_document(request.url.path, 400, message))
 
 
 def install(
@@ -222,13 +222,7 @@ class V2InferRoute:
             raise ModelNotReady(model_name)
         body = await request.body()
         headers = dict(request.headers)
-        if INFERENCE_CONTENT_LENGTH_HEADER in headers:
-            payload: Any = body
-        else:
-            try:
-                payload = InferenceRequest.model_validate_json(body)
-            except ValidationError as exc:
-                raise RequestValidationError(exc.errors(include_input=False)) from exc
+        payload: Any = body if INFERENCE_CONTENT_LENGTH_HEADER in headers else contract.parse_rest_request(body)
         infer_request, _ = self.dataplane.decode(
             payload, headers, protocol_version=PredictorProtocol.REST_V2.value, model_name=model_name
         )

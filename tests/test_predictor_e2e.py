@@ -239,9 +239,43 @@ def test_non_utf8_bytes_are_400(predictor: Server) -> None:
     assert "UTF-8" in response.json()["error"]
 
 
-def test_malformed_json_is_4xx_not_500(predictor: Server) -> None:
-    response = httpx.post(infer_url(predictor), content=b"{not json", headers={"content-type": "application/json"})
-    assert 400 <= response.status_code < 500
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "Invalid JSON"),
+        (b"", "Invalid JSON"),
+        (json.dumps({"instances": ["hello"]}).encode(), "'inputs': Field required (a V2 body is"),
+        (json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1]}]}).encode(), "'inputs.0.data'"),
+    ],
+    ids=["not-json", "empty", "v1-instances", "no-data"],
+)
+def test_undecodable_v2_bodies_are_400_naming_the_problem(predictor: Server, body: bytes, message: str) -> None:
+    response = httpx.post(infer_url(predictor), content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert message in error, error
+    assert ": :" not in error and "''" not in error, error  # no empty field names
+
+
+def test_grpc_gets_invalid_argument_where_rest_gets_400(predictor: Server) -> None:
+    """One decision for both protocols: a request kembed cannot use is the client's error."""
+    from grpc import StatusCode
+    from grpc.aio import AioRpcError
+
+    async def call() -> AioRpcError:
+        client = InferenceGRPCClient(f"127.0.0.1:{predictor.grpc_port}")
+        try:
+            await client.infer(InferRequest(model_name=MODEL_NAME, infer_inputs=[]))
+        except AioRpcError as exc:
+            return exc
+        finally:
+            await client.close()
+        raise AssertionError("no error")
+
+    failure = asyncio.run(call())
+    rest = httpx.post(infer_url(predictor), json={"inputs": []})
+    assert failure.code() == StatusCode.INVALID_ARGUMENT and rest.status_code == 400
+    assert "no inputs" in failure.details() and "no inputs" in rest.json()["error"]
 
 
 def test_unknown_model_is_404(predictor: Server) -> None:

@@ -72,6 +72,11 @@ class EmbeddingTransformer(Model):
     def start(self) -> None:
         """kserve's default start() marks the model ready at once; ours is ready after load()."""
 
+    def validate(self, payload: object) -> InferRequest:
+        """kserve's check reads a V1 body (`/v1/models/{name}:predict`) as a dict and fails with a 500
+        on what arrives; the transformer takes V2 only, and says so with a 400."""
+        return contract.require_v2(payload)
+
     def get_input_types(self) -> list[dict]:
         return contract.input_metadata(tokens=False)
 

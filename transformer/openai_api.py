@@ -1,14 +1,17 @@
-"""OpenAI-compatible `POST /v1/embeddings` on the transformer's own FastAPI app.
+"""OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models` on the transformer's FastAPI app.
 
-OpenAI clients (the `openai` package, LangChain's and LlamaIndex's OpenAI embeddings) work
-unchanged with `base_url=http://host/v1`. Responses and errors have OpenAI's exact shapes;
+OpenAI clients (the `openai` package, LangChain's and LlamaIndex's OpenAI embeddings) work with
+`base_url=http://host/v1`. Responses and errors have OpenAI's exact shapes, on every status;
 `encoding_format="base64"` is little-endian float32 bytes, as OpenAI sends (and as the `openai`
-client asks for by default). Token-array inputs are refused: this server tokenizes itself.
+client asks for by default). Token-array inputs are refused with a 400: the ids a client sends are
+its own tokenizer's (LangChain's are tiktoken's), and embedding them with this model's vocabulary
+would return a wrong vector with status 200.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Literal
 
 import numpy as np
@@ -18,10 +21,16 @@ from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from kembed import contract
+from kembed.errors import openai_error_type
 from transformer.model import EmbeddingTransformer
 from transformer.upstream import PredictorError
 
-PATHS = ("/v1/embeddings", "/openai/v1/embeddings")
+PREFIXES = ("/v1", "/openai/v1")
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+TOKEN_ARRAYS = (
+    "'input' as token arrays is not supported: this server tokenizes text with its model's own tokenizer, "
+    "so send strings. LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False)"
+)
 
 
 class EmbeddingsRequest(BaseModel):
@@ -44,15 +53,11 @@ class OpenAIError(Exception):
         self.code = code
         self.retry_after = retry_after
 
-    def response(self) -> Response:
-        if self.status == 429:
-            kind = "rate_limit_error"
-        elif self.status >= 500:
-            kind = "server_error"
-        else:
-            kind = "invalid_request_error"
-        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        error = {"message": self.message, "type": openai_error_type(self.status), "param": self.param,
+                 "code": self.code}
+        if self.retry_after:
+            headers = {**(headers or {}), "Retry-After": self.retry_after}
         return json_response({"error": error}, self.status, headers)
 
 
@@ -70,10 +75,7 @@ def parse_request(body: bytes, max_items: int) -> EmbeddingsRequest:
         raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
     raw_input = payload.get("input")
     if isinstance(raw_input, list) and any(isinstance(item, int | list) for item in raw_input):
-        raise OpenAIError(
-            400, "'input' as token arrays is not supported: send a string or a list of strings", "input",
-            "unsupported_input",
-        )
+        raise OpenAIError(400, TOKEN_ARRAYS, "input", "unsupported_input")
     try:
         request = EmbeddingsRequest.model_validate(payload)
     except ValidationError as exc:
@@ -137,11 +139,45 @@ async def create_embeddings(model: EmbeddingTransformer, http_request: Request) 
     return json_response(body)
 
 
+def model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "kembed"}
+
+
 def install(app: FastAPI, model: EmbeddingTransformer) -> None:
-    """Mounts the endpoint (before kserve's ModelServer.start adds its own routes)."""
+    """Mounts the routes before kserve's ModelServer.start adds its own, so these win: `GET /v1/models`
+    lists the served model in OpenAI's shape (kserve's V1 list is `{"models": [...]}`, which OpenAI's
+    clients read as empty). Each path also answers with a trailing slash (instead of a 307 redirect)
+    and answers other methods with an OpenAI-shaped 405."""
+    created = int(time.time())
 
     async def embeddings(request: Request) -> Response:
         return await create_embeddings(model, request)
 
-    for path in PATHS:
-        app.add_api_route(path, embeddings, methods=["POST"], include_in_schema=True, summary="OpenAI embeddings")
+    async def list_models() -> Response:
+        return json_response({"object": "list", "data": [model_object(model.name, created)]})
+
+    async def retrieve_model(model_id: str) -> Response:
+        if model_id != model.name:
+            message = f"The model '{model_id}' does not exist; this server serves '{model.name}'"
+            return OpenAIError(404, message, "model", "model_not_found").response()
+        return json_response(model_object(model.name, created))
+
+    # (path, endpoint, method, methods that get 405): POST /v1/models/{name}:predict stays kserve's V1 route.
+    routes = [
+        ("/embeddings", embeddings, "POST", [m for m in METHODS if m != "POST"]),
+        ("/models", list_models, "GET", [m for m in METHODS if m != "GET"]),
+        ("/models/{model_id}", retrieve_model, "GET", [m for m in METHODS if m not in ("GET", "POST")]),
+    ]
+    for prefix in PREFIXES:
+        for suffix, endpoint, method, refused in routes:
+            for path in (prefix + suffix, prefix + suffix + "/"):
+                app.add_api_route(path, endpoint, methods=[method], include_in_schema=not path.endswith("/"))
+                app.add_api_route(path, method_not_allowed(method), methods=refused, include_in_schema=False)
+
+
+def method_not_allowed(allowed: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        message = f"{request.method} is not allowed on {request.url.path}: use {allowed}"
+        return OpenAIError(405, message, None, "method_not_allowed").response({"Allow": allowed})
+
+    return endpoint
