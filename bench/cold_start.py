@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import HelpFormatter
 from kembed.launch import ROOT, free_port, start_server
 
 MODEL = "minilm"
@@ -65,10 +66,15 @@ def summarize(name: str, runs: list[tuple[float, float]]) -> str:
     return f"| {name} | {len(runs)} | {triple(ready)} | {triple(first)} |"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="fresh processes per service (and predictor backend)")
+    return parser
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     # The image ships compiled bytecode for everything (Dockerfile: compileall); do the same for
     # kembed's own modules, which an editable install under PYTHONDONTWRITEBYTECODE would recompile
     # at every start.

@@ -17,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bench import HelpFormatter
 from bench.predictor import MODEL, v2_body
 from kembed.corpus import english_corpus
 from kembed.launch import start_server
@@ -30,12 +31,17 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each load")
     parser.add_argument("--peak", type=int, default=32, help="concurrency at which throughput peaks")
     parser.add_argument("--queue_size", type=int, default=128, help="predictor queue (items) for this run")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     corpus = english_corpus(2000)
     bodies = [(v2_body([text]), 1) for text in corpus]
     server = start_server(

@@ -1,9 +1,9 @@
 """Predictor throughput and latency vs the bare model's in-process limit.
 
-    python -m bench.predictor [--seconds 10] [-- extra predictor flags]
+    python -m bench.predictor [--seconds 10] [--corpus_size 2000] [-- extra predictor flags]
 
 Starts the predictor with the bundled model, sends a mixed-length corpus of real English at
-concurrency 1, 8 and 32 (1 text per request, then 32 per request), then measures in this process:
+concurrency 1, 8, 16 and 32 (1 text per request, then 32 per request), then measures in this process:
 - the in-process limit: the bare model over the whole corpus in length-sorted batches of the best
   size (every text visible at once, so padding is nearly zero);
 - the window limit: the bare model batched by the predictor's own batch selection when only
@@ -22,11 +22,14 @@ from pathlib import Path
 
 import orjson
 
+from bench import HelpFormatter, predictor_flags
 from kembed.corpus import english_corpus
 from kembed.launch import start_server
 from kembed.loadgen import closed_loop
 
 MODEL = "minilm"
+PER_REQUEST = (1, 32)
+CONCURRENCY = (1, 8, 16, 32)  # 8 and 16: candidates for the manifests' scaleTarget
 
 
 def v2_body(texts: list[str]) -> bytes:
@@ -44,13 +47,13 @@ def served(corpus: list[str], seconds: float, extra: list[str]) -> list[dict]:
     rows = []
     try:
         path = f"/v2/models/{MODEL}/infer"
-        for per_request in (1, 32):
+        for per_request in PER_REQUEST:
             bodies = [
                 (v2_body(corpus[i : i + per_request]), per_request)
                 for i in range(0, len(corpus) - per_request + 1, per_request)
             ]
             asyncio.run(closed_loop(server.http_port, path, bodies, 8, 2.0))  # warm-up
-            for concurrency in (1, 8, 16, 32):  # 8 and 16: candidates for the manifests' scaleTarget
+            for concurrency in CONCURRENCY:
                 result = asyncio.run(closed_loop(server.http_port, path, bodies, concurrency, seconds))
                 rows.append(
                     {
@@ -116,13 +119,18 @@ def in_process_limit(encoder, rows: list, batch_sizes: tuple[int, ...] = (8, 16,
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.predictor", description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load step")
-    parser.add_argument("--corpus_size", type=int, default=2000)
-    args, extra = parser.parse_known_args()
+    parser.add_argument("--corpus_size", type=int, default=2000, help="texts in the corpus")
+    return parser
+
+
+def main() -> None:
+    args, extra = build_parser().parse_known_args()
     corpus = english_corpus(args.corpus_size)
-    rows = served(corpus, args.seconds, [a for a in extra if a != "--"])
+    rows = served(corpus, args.seconds, predictor_flags(extra))
     encoder, token_rows = bare_model(corpus)
     best_size, limit = in_process_limit(encoder, token_rows)
     pass_cost = encoder.measure_pass_cost_tokens()

@@ -1,6 +1,7 @@
 """The transformer's cost: full stack vs predictor alone, the hop's encoding, and the caches.
 
     python -m bench.transformer [--seconds 10] [--per_request 1 16] [--repeat_corpus 1000]
+                                [--repeat_per_request 4] [-- extra predictor flags]
 
 Starts one predictor (bundled model) and five transformers in front of it, then prints:
 1. throughput and latency at concurrency 32: predictor alone vs the stack with the REST binary,
@@ -26,6 +27,7 @@ import numpy as np
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import HelpFormatter, predictor_flags
 from kembed.contract import token_request
 from kembed.corpus import english_corpus
 from kembed.launch import Server, start_server
@@ -161,13 +163,19 @@ def caches(stack: dict[str, Server], corpus: list[str], unique: int, size: int, 
           "cache on, its hits never reach the token cache, so tok-hit counts only the rest)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10, help="measured seconds per target")
-    parser.add_argument("--per_request", type=int, nargs="+", default=[1, 16], help="texts per request")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.transformer", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target")
+    parser.add_argument("--per_request", type=int, nargs="+", default=[1, 16], help="texts per request (section 1)")
     parser.add_argument("--repeat_corpus", type=int, default=1000, help="distinct texts in the half-repeat corpus")
     parser.add_argument("--repeat_per_request", type=int, default=4, help="texts per request in the cache run")
-    args, extra = parser.parse_known_args()
+    return parser
+
+
+def main() -> None:
+    args, extra = build_parser().parse_known_args()
+    extra = predictor_flags(extra)
 
     corpus = english_corpus(max(4000, 2 * args.repeat_corpus))
     root = Path(tempfile.mkdtemp(prefix="kembed-bench-"))

@@ -8,6 +8,7 @@ group comes first in `--help`.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -57,13 +58,29 @@ class ServerSettings:
         return Path(self.model_dir or bundled_model_dir())
 
 
-def server_parser(description: str, settings: type[ServerSettings]) -> argparse.ArgumentParser:
+WORKERS_HELP = "ignored: kembed serves one process per pod (each worker would load another model copy)"
+
+
+def kserve_flags() -> argparse.ArgumentParser:
+    """A copy of kserve's ModelServer parser, titled as kserve's and with `--workers` saying that kembed
+    ignores it (argparse has no public way to retitle a group or reword a flag; the copy keeps
+    kserve's own parser as it is)."""
+    parser = copy.deepcopy(model_server.parser)
+    parser._optionals.title = "kserve ModelServer flags"
+    parser._optionals.conflict_handler = "resolve"  # a kembed knob of the same name sets its default
+    parser._option_string_actions["--workers"].help = WORKERS_HELP
+    return parser
+
+
+def server_parser(prog: str, description: str, settings: type[ServerSettings]) -> argparse.ArgumentParser:
     """kembed's knobs (first in `--help`), then kserve's flags. A knob that shares its name with a
-    kserve flag (the transformer's `--predictor_host`, say) sets that flag's default."""
+    kserve flag (the transformer's `--predictor_host`, say) sets that flag's default. The usage line
+    stays one line: the groups below list every flag."""
     ours = argparse.ArgumentParser(add_help=False)
     add_knobs(ours, settings, "kembed")
     parser = argparse.ArgumentParser(
-        parents=[ours, model_server.parser], description=description, conflict_handler="resolve"
+        prog=prog, usage="%(prog)s [--FLAG VALUE ...]", parents=[ours, kserve_flags()], description=description,
+        conflict_handler="resolve",
     )
     parser.set_defaults(**{k.name: ours.get_default(k.name) for k in knobs(settings)})
     return parser

@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kembed.cli import server_parser
     from predictor.settings import PredictorSettings
 
-    return server_parser("kembed predictor: V2 embeddings with dynamic batching", PredictorSettings)
+    return server_parser("kembed-predictor", "kembed predictor: V2 embeddings with dynamic batching", PredictorSettings)
 
 
 def main() -> None:

@@ -105,7 +105,7 @@ def hadolint(path: Path, tmp_path: Path, *extra: str) -> list[dict]:
 
 def install_dry_run(*args: str, **env: str) -> list[list[str]]:
     """The commands scripts/install.sh would run, each split back into words."""
-    environ = {k: v for k, v in os.environ.items() if k not in {"PYTHON", "TORCH_SPEC"}} | env
+    environ = {k: v for k, v in os.environ.items() if k not in {"PYTHON", "TORCH_SPEC", "TORCH_INDEX"}} | env
     proc = subprocess.run(
         ["bash", str(INSTALL_SH), "--dry-run", *args], capture_output=True, text=True, env=environ,
         timeout=30, check=True,
@@ -173,15 +173,21 @@ def test_image_installs_with_the_same_script_as_make_setup(builder, tmp_path):
     assert "install -q torch" not in make and "pip install -q -e" not in make, make
 
 
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
 def test_install_script_puts_pinned_torch_first():
-    cuda = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-    commands = install_dry_run(".", PYTHON="/opt/venv/bin/python", TORCH_SPEC=cuda)
+    cuda = "https://download.pytorch.org/whl/cu128"
+    commands = install_dry_run(".", PYTHON=sys.executable, TORCH_INDEX=cuda)
     assert commands == [
-        ["/opt/venv/bin/python", "-m", "pip", "install", *cuda.split()],
-        ["/opt/venv/bin/python", "-m", "pip", "install", "."],
+        [sys.executable, "-m", "pip", "install", "torch==2.13.0", "--extra-index-url", cuda],
+        [sys.executable, "-m", "pip", "install", "."],
     ]
-    assert install_dry_run("--torch-only") == [["python3", "-m", "pip", "install", "torch==2.13.0"]]
+    cpu = ["python3", "-m", "pip", "install", "torch==2.13.0", "--extra-index-url", CPU_INDEX]
+    assert install_dry_run("--torch-only") == [cpu]
     assert install_dry_run("-e", ".[test]")[1] == ["python3", "-m", "pip", "install", "-e", ".[test]"]
+    # An empty TORCH_INDEX leaves torch to pip's configured sources (PyPI's Linux default is CUDA).
+    assert install_dry_run("--torch-only", TORCH_INDEX="") == [["python3", "-m", "pip", "install", "torch==2.13.0"]]
 
 
 def test_install_script_refuses_to_guess_what_to_install():
@@ -189,14 +195,32 @@ def test_install_script_refuses_to_guess_what_to_install():
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
+def test_python_version_is_checked_before_anything_is_installed():
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11,<3.14", "keep scripts/install.sh's version check equal to requires-python"
+    proc = subprocess.run(
+        ["bash", str(INSTALL_SH), "--dry-run", "."], capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "PYTHON": "/nonexistent/python3.9"},
+    )
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout  # no pip command was even printed
+    assert "kembed needs Python 3.11, 3.12 or 3.13" in proc.stderr
+    make = subprocess.run(
+        ["make", "-n", "-B", "setup", "VENV=/tmp/venv-never-made"], cwd=ROOT, capture_output=True, text=True,
+        timeout=30, check=True,
+    ).stdout.splitlines()
+    assert "--check-python" in make[0] and "-m venv" in make[1], make
+
+
 def test_torch_pin_is_the_same_everywhere(builder):
     makefile = (ROOT / "Makefile").read_text()
-    make_spec = next(line.split("?=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_SPEC"))
-    script_spec = " ".join(install_dry_run("--torch-only")[0][4:])
-    # The CUDA variant is this build arg; its default is the CPU wheel with the same pin.
-    image_spec = key_values(builder, "ARG")["TORCH_SPEC"]
-    assert make_spec == script_spec == image_spec.split()[0]
-    assert "--index-url https://download.pytorch.org/whl/cpu" in image_spec
+
+    def make_var(name: str) -> str:
+        return next(line.split("?=", 1)[1].strip() for line in makefile.splitlines() if line.startswith(name))
+
+    script = install_dry_run("--torch-only")[0][4:]
+    image = key_values(builder, "ARG")
+    assert make_var("TORCH_SPEC ") == script[0] == image["TORCH_SPEC"] == "torch==2.13.0"
+    assert make_var("TORCH_INDEX ") == script[2] == image["TORCH_INDEX"] == CPU_INDEX
 
 
 def test_image_commands_are_console_scripts(dockerfile, runtime):

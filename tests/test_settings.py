@@ -73,8 +73,13 @@ def test_kembed_knobs_come_before_kserve_flags_in_help():
     from predictor.__main__ import build_parser
 
     text = build_parser().format_help()
-    assert text.index("--max_batch_size") < text.index("--http_port")
-    assert "(default:" not in text.split("--http_port")[0]
+    usage, body = text.split("\n", 1)
+    assert usage == "usage: kembed-predictor [--FLAG VALUE ...]"
+    assert body.index("\nkembed:\n") < body.index("--max_batch_size") < body.index("\nkserve ModelServer flags:\n")
+    assert body.index("\nkserve ModelServer flags:\n") < body.index("--http_port")
+    assert "(default:" not in body.split("--http_port")[0]
+    workers = body[body.index("--workers"):body.index("--max_threads")]
+    assert "ignored: kembed serves one process per pod" in " ".join(workers.split())
 
 
 def test_configuration_doc_is_generated_from_the_declarations():

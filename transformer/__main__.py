@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from transformer.settings import TransformerSettings
 
     return server_parser(
+        "kembed-transformer",
         "kembed transformer: tokenizes (with an LRU cache) and forwards token ids to the predictor",
         TransformerSettings,
     )
