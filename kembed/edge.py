@@ -25,9 +25,11 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse, to_http_parameters
 
 from kembed import contract, metrics
-from kembed.errors import QueueFull, error_document
+from kembed.disconnect import CLIENT_CLOSED, ClientGone, unless_disconnected
+from kembed.errors import QueueFull, Unavailable, error_document
 from kembed.health import ServingHealth
 from kembed.repository import ClosedRepository, RepositoryDisabled, repository_disabled_handler
+from kembed.shutdown import drain_on_sigterm
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -170,6 +172,15 @@ async def queue_full_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unavailable)
+    return JSONResponse(
+        status_code=503,
+        content=error_document(request.url.path, 503, exc.message),
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's default 422 echoes the offending input, and fails (500) when that input holds a
     NaN or Infinity; this names each problem by its location instead, with the 400 that every other
@@ -191,6 +202,7 @@ def install(
         EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission, in_flight=in_flight
     )
     app.add_exception_handler(QueueFull, queue_full_handler)
+    app.add_exception_handler(Unavailable, unavailable_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
@@ -226,7 +238,12 @@ class V2InferRoute:
         infer_request, _ = self.dataplane.decode(
             payload, headers, protocol_version=PredictorProtocol.REST_V2.value, model_name=model_name
         )
-        response, response_headers = await self.dataplane.infer(model_name, infer_request, headers)
+        try:
+            response, response_headers = await unless_disconnected(
+                self.dataplane.infer(model_name, infer_request, headers), request
+            )
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
         if not isinstance(response, InferResponse):
             return json_response(response, response_headers)
         return self.encode(response, response_headers)
@@ -281,6 +298,8 @@ def serve(
     every request in flight, so everything already in the batcher's queue is answered before exit.
     """
     install(model_server.app, model.name, args.max_body_bytes, admission, in_flight)
+    if callable(drain := getattr(model, "drain", None)):
+        drain_on_sigterm(model_server.app, drain, args.grace_period_seconds)
     server = ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import grpc
+from grpc_interceptor.exceptions import GrpcException
+
 
 class QueueFull(Exception):
     """The queue cannot take a request's items; the client should retry after a pause."""
 
-    def __init__(self, waiting: int, capacity: int, retry_after_s: int):
-        super().__init__(
-            f"embedding queue is full ({waiting} of {capacity} items waiting); "
-            f"retry after {retry_after_s} s"
-        )
+    def __init__(self, waiting: int, capacity: float, retry_after_s: int, expected_wait_s: float | None = None):
+        if expected_wait_s is None:
+            reason = f"{waiting} of {capacity} items waiting"
+        else:
+            reason = f"expected wait {expected_wait_s:.1f} s is over the {capacity:g} s bound"
+        super().__init__(f"embedding queue is full ({reason}); retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
@@ -35,3 +39,17 @@ def error_document(path: str, status: int, message: str, code: str | None = None
     if is_openai_path(path):
         return {"error": {"message": message, "type": openai_error_type(status), "param": None, "code": code}}
     return {"error": message}
+
+
+class Unavailable(GrpcException):
+    """Work this server will not do: it is shutting down and the work cannot finish within the
+    grace period, or it waited longer than its client does. 503 with Retry-After over REST,
+    UNAVAILABLE over gRPC (kserve's interceptor maps a GrpcException by its status code)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(details=message, status_code=grpc.StatusCode.UNAVAILABLE)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return self.message

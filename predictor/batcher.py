@@ -9,6 +9,12 @@ batch (transformers backend) pays rows x longest, so on a CPU mixed lengths can 
 than one by one; a packed batch (native backend) pays its real tokens, so everything joins. A pass
 also has a fixed cost, in token units, measured at warm-up: small on a CPU, large on a GPU.
 
+The queue is bounded in items and in time: a request is refused (429) when the work already
+waiting would take longer than `max_queue_seconds` at the measured speed, since a client that
+waits that long has likely given up; work older than `max_wait_seconds` (the client's timeout) or
+whose caller went away leaves the queue without a pass. On SIGTERM `drain` answers what cannot
+finish within the grace period with 503 at once, instead of letting the server's cancel make a 500.
+
 Forward passes run on one worker thread. While one runs, the queue fills; the next batch is
 chosen from everything waiting the moment the worker is free (`pipeline_depth` 1), or handed to
 it in advance (`pipeline_depth` 2, which hides host-side preparation behind GPU work).
@@ -17,6 +23,7 @@ it in advance (`pipeline_depth` 2, which hides host-side preparation behind GPU 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kembed.errors import QueueFull
+from kembed.errors import QueueFull, Unavailable
 from kembed.tokenization import padded_tokens
 from predictor import metrics
 
@@ -47,6 +54,8 @@ class BatchLimits:
     max_latency_ms: float = 5.0
     queue_size: int = 2048
     pipeline_depth: int = 1
+    max_queue_seconds: float = 10.0
+    max_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "queue_size", "pipeline_depth"):
@@ -54,6 +63,9 @@ class BatchLimits:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_latency_ms < 0:
             raise ValueError("max_latency_ms must not be negative")
+        for name in ("max_queue_seconds", "max_wait_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
 
 
 BatchCost = Callable[[Sequence[int]], int]
@@ -94,6 +106,7 @@ class Batcher:
         model_name: str = "model",
         pass_cost_tokens: float = 0.0,
         cost: BatchCost = padded_tokens,
+        seconds_per_token: float = 1e-4,
     ):
         self._forward = forward
         self.limits = limits
@@ -112,21 +125,39 @@ class Batcher:
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
         self._inflight = metrics.INFLIGHT.labels(**self._labels)
         self.last_batch_seconds = 0.05
+        # Seconds of forward pass per token, measured at load, then from well-filled passes (the
+        # ones that matter when the queue is long; a small pass is mostly fixed cost).
+        self.seconds_per_token = seconds_per_token
+        self._pending_tokens = 0
+        self._in_pass: list[_Item] = []
+        self._deadline: float | None = None  # set by drain()
 
     @property
     def waiting(self) -> int:
         return len(self._pending)
+
+    def expected_wait(self, extra_tokens: int = 0) -> float:
+        """Seconds until what waits now (plus `extra_tokens`) has had its pass."""
+        running = self.last_batch_seconds if self._in_pass else 0.0
+        return running + (self._pending_tokens + extra_tokens) * self.seconds_per_token
 
     async def embed(self, rows: Sequence[np.ndarray], prompt_length: int = 0) -> np.ndarray:
         """Embeds rows of token ids that start with ``prompt_length`` prompt tokens (pooling may leave
         them out); returns [len(rows), D] in the same order."""
         if len(self._pending) + len(rows) > self.limits.queue_size:
             raise QueueFull(len(self._pending), self.limits.queue_size, self._retry_after())
+        tokens = sum(len(row) for row in rows)
+        wait = self.expected_wait(tokens)
+        if self._deadline is not None and time.monotonic() + wait > self._deadline:
+            raise Unavailable("the server is shutting down and cannot finish this request in time", 1)
+        if self._pending and wait > self.limits.max_queue_seconds:
+            raise QueueFull(len(self._pending), self.limits.max_queue_seconds, self._retry_after(), wait)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kembed-batcher")
         loop = asyncio.get_running_loop()
         items = [_Item(np.asarray(row), loop.create_future(), prompt_length) for row in rows]
         self._pending.extend(items)
+        self._pending_tokens += tokens
         self._queue_depth.set(len(self._pending))
         self._requests += 1
         self._wakeup.set()
@@ -136,13 +167,59 @@ class Batcher:
             self._requests -= 1
 
     def full(self) -> int | None:
-        """Retry-After seconds when no item fits in the queue now, else None."""
-        return self._retry_after() if len(self._pending) >= self.limits.queue_size else None
+        """Retry-After seconds when no item fits in the queue now (by count or by expected wait),
+        else None."""
+        if len(self._pending) >= self.limits.queue_size or self.expected_wait() > self.limits.max_queue_seconds:
+            return self._retry_after()
+        return None
 
     def _retry_after(self) -> int:
-        """Seconds until the queue has likely drained: batches needed x time per batch."""
-        batches = self.limits.queue_size / self.limits.max_batch_size
-        return max(1, round(batches * self.last_batch_seconds))
+        """Seconds until what waits now has likely had its pass."""
+        return max(1, math.ceil(self.expected_wait()))
+
+    def drain(self, seconds: float) -> None:
+        """The server stops in `seconds`: what cannot finish before then is answered 503 now (and
+        anything still unfinished then, at that moment); new work is taken only if it fits."""
+        loop = asyncio.get_running_loop()
+        self._deadline = time.monotonic() + seconds
+        self._shed_past_deadline()
+        loop.call_later(seconds, self._fail_unfinished)
+        self._wakeup.set()
+
+    def _shed_past_deadline(self) -> None:
+        if self._deadline is None:
+            return
+        budget = self._deadline - time.monotonic() - (self.last_batch_seconds if self._in_pass else 0.0)
+        queued = 0
+        for item in self._pending:  # oldest first, as batches are built around the oldest item
+            queued += len(item.ids)
+            if queued * self.seconds_per_token > budget and not item.future.done():
+                item.future.set_exception(
+                    Unavailable("the server is shutting down and cannot finish this request in time", 1)
+                )
+        self._drop_done()
+
+    def _fail_unfinished(self) -> None:
+        for item in [*self._pending, *self._in_pass]:
+            if not item.future.done():
+                item.future.set_exception(Unavailable("the server is shutting down; this request did not finish", 1))
+        self._drop_done()
+
+    def _drop_stale(self) -> None:
+        """Fails items older than their client's timeout: the client is no longer waiting."""
+        oldest = time.monotonic() - self.limits.max_wait_seconds
+        for item in self._pending:
+            if item.enqueued < oldest and not item.future.done():
+                item.future.set_exception(
+                    Unavailable(f"waited over {self.limits.max_wait_seconds:g} s in the queue (the client's timeout)")
+                )
+        self._drop_done()
+
+    def _drop_done(self) -> None:
+        """Forgets items already answered (failed, or their caller went away)."""
+        self._pending = [item for item in self._pending if not item.future.done()]
+        self._pending_tokens = sum(len(item.ids) for item in self._pending)
+        self._queue_depth.set(len(self._pending))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,7 +227,8 @@ class Batcher:
             await self._wakeup.wait()
             await self._slots.acquire()
             await self._wait_for_batch()
-            self._pending = [item for item in self._pending if not item.future.done()]
+            self._drop_stale()
+            self._shed_past_deadline()
             if not self._pending:
                 self._wakeup.clear()
                 self._slots.release()
@@ -189,6 +267,8 @@ class Batcher:
         chosen_set = set(chosen)
         batch = [self._pending[i] for i in chosen]
         self._pending = [item for i, item in enumerate(self._pending) if i not in chosen_set]
+        self._pending_tokens -= sum(len(item.ids) for item in batch)
+        self._in_pass.extend(batch)
         if not self._pending:
             self._wakeup.clear()
         self._queue_depth.set(len(self._pending))
@@ -201,13 +281,18 @@ class Batcher:
     def _timed_forward(self, batch: list[_Item]) -> np.ndarray:
         started = time.perf_counter()
         result = self._forward([item.ids for item in batch], [item.prompt_length for item in batch])
-        self.last_batch_seconds = time.perf_counter() - started
+        self.last_batch_seconds = seconds = time.perf_counter() - started
+        tokens = sum(len(item.ids) for item in batch)
+        if 2 * len(batch) >= self.limits.max_batch_size or 4 * tokens >= self.limits.max_batch_tokens:
+            self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * seconds / tokens
         return result
 
     def _deliver(self, done: asyncio.Future[np.ndarray], batch: list[_Item]) -> None:
         self._running.discard(done)
         self._slots.release()
         self._inflight.dec(len(batch))
+        in_batch = set(map(id, batch))
+        self._in_pass = [item for item in self._in_pass if id(item) not in in_batch]
         error = done.exception()
         for row, item in enumerate(batch):
             if item.future.done():  # the caller went away

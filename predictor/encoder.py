@@ -97,6 +97,15 @@ class Encoder:
         per_token = max(t_large - t_small, 1e-9) / (4 * 64 - 16)
         return max(0.0, t_small / per_token - 16)
 
+    def measure_seconds_per_token(self, max_batch_size: int, max_batch_tokens: int) -> float:
+        """Seconds per token of a well-filled pass (the batcher's first estimate of queue wait)."""
+        length = min(64, self.spec.max_seq_length)
+        count = max(1, min(max_batch_size, max_batch_tokens // length, 8))
+        rows = [np.full(length, self.pad_id, dtype=np.int64)] * count
+        started = time.perf_counter()
+        self(rows)
+        return (time.perf_counter() - started) / (length * len(rows))
+
     def memory_bytes(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.memory_allocated(self.device))

@@ -59,7 +59,10 @@ class EmbeddingModel(Model):
         else:
             pass_cost = max(pass_cost, 0.0)
             encoder.warm_up()
-        self.batcher = Batcher(encoder, settings.limits, self.name, pass_cost_tokens=pass_cost, cost=encoder.batch_cost)
+        self.batcher = Batcher(
+            encoder, settings.limits, self.name, pass_cost_tokens=pass_cost, cost=encoder.batch_cost,
+            seconds_per_token=encoder.measure_seconds_per_token(settings.max_batch_size, settings.max_batch_tokens),
+        )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)
         if self.device.startswith("cuda"):
@@ -75,6 +78,11 @@ class EmbeddingModel(Model):
 
     def start(self) -> None:
         """kserve's default start() marks the model ready at once; ours is ready after load()."""
+
+    def drain(self, seconds: float) -> None:
+        """SIGTERM: queued work that cannot finish in `seconds` is answered 503 now."""
+        if self.batcher is not None:
+            self.batcher.drain(seconds)
 
     def overloaded(self) -> int | None:
         """Retry-After seconds while the batcher's queue is full (checked before a request is parsed)."""

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from kembed.errors import QueueFull
+from kembed.errors import QueueFull, Unavailable
 from kembed.tokenization import padded_tokens
 from predictor.batcher import Batcher, BatchLimits, select_batch
 
@@ -218,5 +218,78 @@ def test_forward_errors_reach_every_waiting_request() -> None:
     async def run() -> None:
         results = await asyncio.gather(batcher.embed([row(1, 3)]), batcher.embed([row(2, 3)]), return_exceptions=True)
         assert all(isinstance(r, RuntimeError) and "device lost" in str(r) for r in results)
+
+    asyncio.run(run())
+
+
+def test_queue_is_bounded_in_expected_wait() -> None:
+    """At 10 ms per token and a 1 s bound, 50 tokens may wait but 50 + 60 may not; a lone request
+    longer than the bound is still taken when nothing waits."""
+    gate = threading.Event()
+    limits = BatchLimits(max_batch_size=1, max_latency_ms=0, max_queue_seconds=1.0)
+    batcher = Batcher(RecordingForward(gate), limits, seconds_per_token=0.01)
+
+    async def run() -> None:
+        running = asyncio.ensure_future(batcher.embed([row(0, 200)]))
+        await asyncio.sleep(0.05)  # in its pass (held by the gate), so nothing waits
+        waiting = asyncio.ensure_future(batcher.embed([row(1, 50)]))
+        await asyncio.sleep(0)
+        assert batcher.full() is None
+        with pytest.raises(QueueFull, match="expected wait") as info:
+            await batcher.embed([row(2, 60)])
+        assert info.value.retry_after_s >= 1
+        batcher.last_batch_seconds = 0.6  # the running pass now counts: 0.6 + 0.5 s > 1 s
+        assert batcher.full() is not None
+        gate.set()
+        await asyncio.gather(running, waiting)
+
+    asyncio.run(run())
+
+
+def test_work_older_than_the_clients_timeout_gets_no_pass() -> None:
+    gate = threading.Event()
+    forward = RecordingForward(gate)
+    batcher = Batcher(forward, BatchLimits(max_batch_size=1, max_latency_ms=0, max_wait_seconds=0.1))
+
+    async def run() -> None:
+        first = asyncio.ensure_future(batcher.embed([row(0, 4)]))
+        await asyncio.sleep(0.05)
+        stale = asyncio.ensure_future(batcher.embed([row(1, 7)]))
+        await asyncio.sleep(0.2)
+        gate.set()
+        await first
+        with pytest.raises(Unavailable, match="client's timeout"):
+            await stale
+
+    asyncio.run(run())
+    assert forward.batches == [[4]]
+
+
+def test_drain_answers_what_cannot_finish_in_time_with_unavailable() -> None:
+    """Draining with 0.5 s left at 10 ms per token: 20 queued tokens fit, the next 60 do not and
+    are refused at once; a pass still running at the deadline is answered then."""
+    gate = threading.Event()
+    forward = RecordingForward(gate)
+    batcher = Batcher(forward, BatchLimits(max_batch_size=1, max_latency_ms=0), seconds_per_token=0.01)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        running = asyncio.ensure_future(batcher.embed([row(0, 3)]))
+        await asyncio.sleep(0.05)
+        fits = asyncio.ensure_future(batcher.embed([row(1, 20)]))
+        late = asyncio.ensure_future(batcher.embed([row(2, 60)]))
+        await asyncio.sleep(0)
+        batcher.drain(0.5)
+        with pytest.raises(Unavailable, match="shutting down"):
+            await asyncio.wait_for(late, 0.1)  # at once, not at the deadline
+        with pytest.raises(Unavailable, match="shutting down"):
+            await batcher.embed([row(3, 60)])
+        started = loop.time()
+        with pytest.raises(Unavailable):
+            await running  # the gate holds its pass past the deadline
+        assert loop.time() - started < 1.0
+        gate.set()
+        with pytest.raises(Unavailable):
+            await fits
 
     asyncio.run(run())

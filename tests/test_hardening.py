@@ -3,6 +3,7 @@ admin routes, health that tells the truth."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import orjson
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -98,3 +100,33 @@ def test_after_an_unload_liveness_and_readiness_fail(tmp_path: Path) -> None:
             assert not stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
     finally:
         server.stop()
+
+
+def metric_sum(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_work_of_a_client_that_disconnected_gets_no_forward_pass(predictor: Server) -> None:
+    """A request whose client hangs up while it waits in the queue leaves it without a pass."""
+    items = "kembed_batch_size_sum"
+    before = metric_sum(predictor, items)
+    busy_texts = [f"{HUGE_TEXT[:1500]} {i}" for i in range(16)]
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(httpx.post, predictor.url + INFER, json=v2_body(busy_texts), timeout=120)
+        deadline = time.monotonic() + 30
+        while metric_sum(predictor, "kembed_inflight") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the busy request is in its forward pass
+        body = orjson.dumps(v2_body([f"gone {i}" for i in range(50)]))
+        with socket.create_connection(("127.0.0.1", predictor.http_port)) as sock:
+            sock.sendall(
+                f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            time.sleep(0.2)  # read and queued behind the busy request; then the client hangs up
+        assert busy.result().status_code == 200, busy.result().text
+    deadline = time.monotonic() + 30
+    while metric_sum(predictor, "kembed_queue_depth") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert metric_sum(predictor, items) - before == len(busy_texts)

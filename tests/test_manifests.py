@@ -258,6 +258,15 @@ def test_servers_are_wired_as_kserve_expects(directory):
     assert int(env["KEMBED_MAX_BATCH_TOKENS"]) >= int(env["KEMBED_MAX_BATCH_SIZE"])
     if "STORAGE_URI" in env:
         assert env["KEMBED_MODEL_DIR"] == "/mnt/models"
+    # Timeouts agree: the predictor drops work its client (the transformer) gave up on, refuses long queues
+    # well before that, and finishes within what Knative leaves after its ~30 s drain of the revision timeout.
+    transformer_env = container_env(objects, transformer)
+    timeout = isvc["spec"]["predictor"].get("timeout", 300)
+    wait = float(env["KEMBED_MAX_WAIT_SECONDS"])
+    assert wait == float(transformer_env["KEMBED_PREDICTOR_TIMEOUT_SECONDS"]) < timeout
+    assert float(env["KEMBED_MAX_QUEUE_SECONDS"]) < wait
+    for component in (env, transformer_env):
+        assert int(component["KEMBED_GRACE_PERIOD_SECONDS"]) + 30 <= timeout
 
 
 def test_cpu_and_gpu_overlays_differ_where_they_should():

@@ -36,7 +36,9 @@ def rss_kib(pid: int) -> int:
 
 
 def test_sigterm_mid_load_answers_every_accepted_request_and_exits_0(tmp_path: Path) -> None:
-    server = start_predictor(tmp_path, "--max_batch_size", "4")
+    server = start_predictor(
+        tmp_path, "--max_batch_size", "4", "--max_queue_seconds", "600", "--grace_period_seconds", "90"
+    )
     url = f"{server.url}/v2/models/{MODEL_NAME}/infer"
 
     async def run() -> list[int | str]:
@@ -126,3 +128,30 @@ def test_overload_gives_only_200_or_429_and_memory_stays_bounded(tmp_path: Path)
         assert httpx.post(url, json=payload(["still serving"]), timeout=60).status_code == 200
     finally:
         server.stop()
+
+
+def test_sigterm_with_more_queued_than_the_grace_allows_answers_only_200_or_503(tmp_path: Path) -> None:
+    """What cannot finish within the grace period is answered 503 with Retry-After, never 500."""
+    server = start_predictor(tmp_path, "--grace_period_seconds", "3", "--max_queue_seconds", "600")
+    url = f"{server.url}/v2/models/{MODEL_NAME}/infer"
+
+    async def run() -> list[tuple[int, str | None] | str]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+            async def one(index: int) -> tuple[int, str | None] | str:
+                try:
+                    response = await client.post(url, json=payload([f"{LONG_TEXT} {index} {i}" for i in range(32)]))
+                    return response.status_code, response.headers.get("retry-after")
+                except httpx.HTTPError as exc:
+                    return repr(exc)
+
+            tasks = [asyncio.create_task(one(i)) for i in range(32)]
+            await asyncio.sleep(1.0)  # everything sent and queued: far more than 3 s of work
+            server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(run())
+    statuses = [answer[0] if isinstance(answer, tuple) else answer for answer in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 503 in statuses, statuses
+    assert all(answer[1] for answer in answers if isinstance(answer, tuple) and answer[0] == 503)
+    assert server.process.wait(30) == 0

@@ -21,6 +21,7 @@ from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from kembed import contract
+from kembed.disconnect import CLIENT_CLOSED, ClientGone, unless_disconnected
 from kembed.errors import openai_error_type
 from transformer.model import EmbeddingTransformer
 from transformer.upstream import PredictorError
@@ -119,13 +120,17 @@ async def create_embeddings(model: EmbeddingTransformer, http_request: Request) 
         except InvalidInput as exc:
             raise OpenAIError(400, str(exc), "dimensions", "invalid_value") from None
         try:
-            embedded = await model.embed(texts, options, dict(http_request.headers), field="input")
+            embedded = await unless_disconnected(
+                model.embed(texts, options, dict(http_request.headers), field="input"), http_request
+            )
         except InvalidInput as exc:
             raise OpenAIError(400, str(exc), "input", "invalid_value") from None
         except PredictorError as exc:
             raise OpenAIError(exc.status, exc.message, None, f"predictor_{exc.status}", exc.retry_after) from None
     except OpenAIError as exc:
         return exc.response()
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
     tokens = sum(embedded.token_counts)
     body: dict[str, Any] = {
         "object": "list",
