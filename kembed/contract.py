@@ -11,7 +11,7 @@ import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from kserve.errors import InvalidInput
@@ -26,6 +26,9 @@ from kserve.protocol.infer_type import (
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
+if TYPE_CHECKING:
+    from kembed.model_spec import ModelSpec
+
 TEXT = "text"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
@@ -37,6 +40,8 @@ FP32 = "FP32"
 
 NORMALIZE = "normalize"
 DIMENSIONS = "dimensions"
+PROMPT_NAME = "prompt_name"
+PROMPT = "prompt"
 
 
 def input_metadata(tokens: bool = True) -> list[dict[str, Any]]:
@@ -55,20 +60,53 @@ def output_metadata(dimension: int) -> list[dict[str, Any]]:
     return [{"name": EMBEDDING, "datatype": FP32, "shape": [-1, dimension]}]
 
 
+def metadata_parameters(spec: ModelSpec | None) -> dict[str, Any]:
+    """What `/v2/models/{name}` adds as `parameters`: the prompts a request may name."""
+    if spec is None:
+        return {}
+    return {
+        "prompt_names": sorted(spec.prompts),
+        "default_prompt_name": spec.default_prompt_name,
+        "dimension": spec.dimension,
+        "max_seq_length": spec.max_seq_length,
+    }
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     """Per-request parameters. ``None`` means "use the model's default"."""
 
     normalize: bool | None = None
     dimensions: int | None = None
+    prompt_name: str | None = None  # one of the model's prompts (config_sentence_transformers.json)
+    prompt: str | None = None  # a raw prompt string; "" = none, even where the model has a default
 
-    def to_parameters(self) -> dict[str, bool | int]:
-        params: dict[str, bool | int] = {}
+    def to_parameters(self) -> dict[str, bool | int | str]:
+        params: dict[str, bool | int | str] = {}
         if self.normalize is not None:
             params[NORMALIZE] = self.normalize
         if self.dimensions is not None:
             params[DIMENSIONS] = self.dimensions
+        if self.prompt_name is not None:
+            params[PROMPT_NAME] = self.prompt_name
+        if self.prompt is not None:
+            params[PROMPT] = self.prompt
         return params
+
+    def resolve_prompt(self, prompts: Mapping[str, str], default_prompt_name: str | None) -> str:
+        """The text to put before each input, as sentence-transformers' `encode(prompt_name=, prompt=)`
+        chooses it: the raw prompt, else the named one, else the model's default prompt, else none."""
+        if self.prompt is not None and self.prompt_name is not None:
+            raise InvalidInput(f"send parameter '{PROMPT_NAME}' or '{PROMPT}', not both")
+        if self.prompt is not None:
+            return self.prompt
+        name = self.prompt_name if self.prompt_name is not None else default_prompt_name
+        if name is None:
+            return ""
+        if name not in prompts:
+            known = ", ".join(repr(known) for known in sorted(prompts)) or "none"
+            raise InvalidInput(f"parameter '{PROMPT_NAME}' {name!r} is not one of this model's prompts: {known}")
+        return prompts[name]
 
 
 def _parse_bool(name: str, value: object) -> bool:
@@ -80,12 +118,19 @@ def _parse_bool(name: str, value: object) -> bool:
 
 
 def parse_options(parameters: Mapping[str, Any] | None, max_dimension: int) -> EmbedOptions:
-    """Reads `normalize` and `dimensions` from V2 request parameters (REST dict or gRPC map)."""
+    """Reads `normalize`, `dimensions`, `prompt_name` and `prompt` from V2 request parameters (REST
+    dict or gRPC map). With `text` inputs the prompt is put before each text; with token inputs the
+    ids are taken to start with it already (the transformer put it there)."""
     if not parameters:
         return EmbedOptions()
     params = to_http_parameters(parameters)
     normalize = params.get(NORMALIZE)
     dimensions = params.get(DIMENSIONS)
+    prompt_name = params.get(PROMPT_NAME)
+    prompt = params.get(PROMPT)
+    for name, value in ((PROMPT_NAME, prompt_name), (PROMPT, prompt)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"parameter '{name}' must be a string, got {value!r}")
     if normalize is not None:
         normalize = _parse_bool(NORMALIZE, normalize)
     if dimensions is not None:
@@ -97,7 +142,7 @@ def parse_options(parameters: Mapping[str, Any] | None, max_dimension: int) -> E
             raise InvalidInput(
                 f"parameter '{DIMENSIONS}' must be between 1 and {max_dimension}, got {dimensions}"
             )
-    return EmbedOptions(normalize=normalize, dimensions=dimensions)
+    return EmbedOptions(normalize=normalize, dimensions=dimensions, prompt_name=prompt_name, prompt=prompt)
 
 
 def _check_batch(name: str, count: int, max_items: int) -> None:

@@ -218,6 +218,25 @@ class ClientDecodingDataPlane(ServingHealth):
         except Exception as exc:
             raise InvalidInput(f"malformed V2 request: {exc}") from exc
 
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        """kserve's metadata, plus the model's `metadata_parameters()` (its prompt names, say) as
+        `parameters`: kserve's own REST and gRPC metadata carry only the tensors."""
+        metadata = await super().model_metadata(model_name)
+        extra = getattr(self.get_model_from_registry(model_name), "metadata_parameters", None)
+        if callable(extra):
+            metadata["parameters"] = extra()
+        return metadata
+
+
+class V2MetadataRoute:
+    """`GET /v2/models/{name}` with the `parameters` that kserve's response model would drop."""
+
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
+
+    async def __call__(self, model_name: str) -> Response:
+        return json_response(await self.dataplane.model_metadata(model_name), {})
+
 
 class V2InferRoute:
     """`POST /v2/models/{name}/infer` on kserve's own codecs, without FastAPI's generic response
@@ -315,6 +334,9 @@ def serve(
     route = V2InferRoute(server.dataplane)
     for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
         model_server.app.add_api_route(path, route, methods=["POST"], include_in_schema=False)
+    model_server.app.add_api_route(
+        "/v2/models/{model_name}", V2MetadataRoute(server.dataplane), methods=["GET"], include_in_schema=False
+    )
     # The entry points pause the GC while importing and loading (see predictor/__main__.py). What
     # exists now lives as long as the process: freeze it, so collections while serving skip it.
     gc.freeze()

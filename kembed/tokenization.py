@@ -8,28 +8,56 @@ alone keeps `transformers` (seconds of imports) out of the transformer's cold st
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from kserve.errors import InvalidInput
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
 from kembed.bounded_tokenization import PrefixEncoder, run_sized
+from kembed.model_spec import ModelSpec
 
 
 class TextTokenizer:
-    def __init__(self, model_dir: str | Path, max_seq_length: int, truncate: bool = True):
+    """``truncation_side`` and ``lowercase`` are the model's (`ModelSpec.truncation_side`,
+    `ModelSpec.do_lower_case`): sentence-transformers applies them on top of `tokenizer.json`."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_seq_length: int,
+        truncate: bool = True,
+        truncation_side: str = "right",
+        lowercase: bool = False,
+    ):
         self.max_seq_length = max_seq_length
         self.truncate = truncate
-        self._backend = load_fast_tokenizer(Path(model_dir))
+        model_dir = Path(model_dir)
+        self._backend = load_fast_tokenizer(model_dir)
         padding = self._backend.padding or {}
-        self.pad_id = int(padding.get("pad_id", self._first_known_id("[PAD]", "<pad>")))
+        pad_token = _tokenizer_config(model_dir).get("pad_token")
+        if isinstance(pad_token, dict):
+            pad_token = pad_token.get("content")
+        pad_names = (pad_token,) if isinstance(pad_token, str) else ()
+        self.pad_id = int(padding.get("pad_id", self._first_known_id(*pad_names, "[PAD]", "<pad>")))
         self._backend.no_padding()
+        if lowercase and not _lowercases(self._backend.normalizer):
+            existing = [self._backend.normalizer] if self._backend.normalizer is not None else []
+            self._backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *existing])
         # Without truncation we still cut at limit + 1: enough to see that a text is too long,
         # without tokenizing a megabyte of it.
-        self._backend.enable_truncation(max_seq_length if truncate else max_seq_length + 1)
+        self._backend.enable_truncation(max_seq_length if truncate else max_seq_length + 1, direction=truncation_side)
         self._prefixes = PrefixEncoder(self._backend)
+        self._special_ids = {i for i, token in self._backend.get_added_tokens_decoder().items() if token.special}
+        self.prompt_length = lru_cache(maxsize=1024)(self._prompt_length)  # raw prompts come from clients
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec, truncate: bool = True) -> TextTokenizer:
+        """The model's tokenizer with its own length, truncation side and lowercasing."""
+        return cls(spec.model_dir, spec.max_seq_length, truncate, spec.truncation_side, spec.do_lower_case)
 
     def _first_known_id(self, *tokens: str) -> int:
         ids = [self._backend.token_to_id(token) for token in tokens]
@@ -40,12 +68,22 @@ class TextTokenizer:
         """What the ids depend on besides the text (for caches keyed by text)."""
         return (self.max_seq_length, self.truncate)
 
-    async def encode_async(self, texts: Sequence[str], field: str = "text") -> list[np.ndarray]:
-        """`encode`, off the event loop when the texts are long."""
-        return await run_sized(lambda: self.encode(texts, field), sum(map(len, texts)))
+    def _prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt puts at the start of a row, counted as sentence-transformers counts them
+        for ``include_prompt=False``: the prompt tokenized alone, without a trailing special token
+        (so a BERT prompt counts [CLS] and its words, not its [SEP])."""
+        if not prompt:
+            return 0
+        ids = self._backend.encode(prompt).ids
+        return len(ids) - 1 if ids and ids[-1] in self._special_ids else len(ids)
 
-    def encode(self, texts: Sequence[str], field: str = "text") -> list[np.ndarray]:
-        encodings = self._prefixes.encode_batch(texts)
+    async def encode_async(self, texts: Sequence[str], field: str = "text", prompt: str = "") -> list[np.ndarray]:
+        """`encode`, off the event loop when the texts are long."""
+        return await run_sized(lambda: self.encode(texts, field, prompt), sum(map(len, texts)))
+
+    def encode(self, texts: Sequence[str], field: str = "text", prompt: str = "") -> list[np.ndarray]:
+        """One row of ids per text, each text after ``prompt`` (as sentence-transformers prepends it)."""
+        encodings = self._prefixes.encode_batch([prompt + text for text in texts] if prompt else texts)
         ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
         if not self.truncate:
             for index, row in enumerate(ids):
@@ -71,6 +109,16 @@ def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, 
 def padded_tokens(lengths: Sequence[int]) -> int:
     """What a padded batch of these lengths computes on: rows x longest."""
     return len(lengths) * max(lengths) if lengths else 0
+
+
+def _tokenizer_config(model_dir: Path) -> dict:
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return config if isinstance(config, dict) else {}
+
+
+def _lowercases(normalizer: normalizers.Normalizer | None) -> bool:
+    return normalizer is not None and normalizer.normalize_str("KEMBED") == "kembed"
 
 
 def load_fast_tokenizer(model_dir: Path) -> Tokenizer:

@@ -49,7 +49,7 @@ class EmbeddingModel(Model):
         dtype = resolve_dtype(settings.dtype, self.device)
         threads = fit_thread_count(settings.threads)
         torch.set_num_threads(threads)
-        self.tokenizer = TextTokenizer(settings.model_path, self.spec.max_seq_length, settings.truncate)
+        self.tokenizer = TextTokenizer.for_model(self.spec, settings.truncate)
         encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id, settings.backend)
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).
@@ -94,6 +94,9 @@ class EmbeddingModel(Model):
     def get_output_types(self) -> list[dict]:
         return contract.output_metadata(self.spec.dimension if self.spec else -1)
 
+    def metadata_parameters(self) -> dict:
+        return contract.metadata_parameters(self.spec)
+
     async def predict(
         self,
         payload: InferRequest | dict,
@@ -104,13 +107,15 @@ class EmbeddingModel(Model):
         assert self.spec is not None and self.tokenizer is not None and self.batcher is not None
         contract.check_input_names(payload)
         options = contract.parse_options(payload.parameters, self.spec.dimension)
+        prompt = options.resolve_prompt(self.spec.prompts, self.spec.default_prompt_name)
         max_items = self.settings.max_items_per_request
         text = payload.get_input_by_name(contract.TEXT)
         if text is not None:
-            rows = await self.tokenizer.encode_async(contract.decode_texts(text, max_items), contract.TEXT)
+            texts = contract.decode_texts(text, max_items)
+            rows = await self.tokenizer.encode_async(texts, contract.TEXT, prompt)
         else:
             rows = self._rows_from_tokens(*contract.decode_tokens(payload, max_items))
-        embeddings = await self.batcher.embed(rows)
+        embeddings = await self.batcher.embed(rows, self.tokenizer.prompt_length(prompt))
         normalize = self.spec.normalize if options.normalize is None else options.normalize
         embeddings = finish(embeddings, normalize, options.dimensions)
         return contract.embedding_response(payload, self.name, embeddings)

@@ -42,7 +42,10 @@ def backbone(path: Path, kind: str = "bert", seed: int = 0) -> Path:
 
     source = Path(bundled_model_dir())
     torch.manual_seed(seed)
-    sizes = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64}
+    # Weights larger than transformers' default 0.02: at that scale a tiny random model's outputs
+    # barely depend on the input, and a prompt (or its absence) would not show in the vectors.
+    sizes = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
+             "initializer_range": 0.3}
     if kind == "bert":
         model = BertModel(BertConfig(**sizes, num_attention_heads=2, max_position_embeddings=128))
     elif kind == "xlm-roberta":

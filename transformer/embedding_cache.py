@@ -1,7 +1,7 @@
 """Optional cache of finished embeddings: a repeated text with the same parameters never reaches
 the predictor. Off by default (it trades memory for predictor work; token ids are far smaller).
 
-Keyed by text, tokenizer settings, `normalize` and `dimensions`; each entry keeps the vector and
+Keyed by text, tokenizer settings, `normalize`, `dimensions` and the prompt; each entry keeps the vector and
 the text's token count, so OpenAI `usage` stays exact on a hit.
 """
 
@@ -24,7 +24,7 @@ class CachedEmbedding:
     tokens: int
 
 
-EmbeddingKey = tuple[str, tuple[int, bool], bool | None, int | None]
+EmbeddingKey = tuple[str, tuple[int, bool], bool | None, int | None, str | None, str | None]
 
 
 class EmbeddingCache:
@@ -38,7 +38,7 @@ class EmbeddingCache:
 
     @staticmethod
     def key(text: str, settings: tuple[int, bool], options: EmbedOptions) -> EmbeddingKey:
-        return (text, settings, options.normalize, options.dimensions)
+        return (text, settings, options.normalize, options.dimensions, options.prompt_name, options.prompt)
 
     def lookup(
         self, texts: Sequence[str], settings: tuple[int, bool], options: EmbedOptions

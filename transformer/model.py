@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import httpx
@@ -53,7 +53,7 @@ class EmbeddingTransformer(Model):
         settings = self.settings
         started = time.perf_counter()
         self.spec = read_model_spec(settings.model_path, "auto", settings.max_seq_length)
-        tokenizer = TextTokenizer(settings.model_path, self.spec.max_seq_length, settings.truncate)
+        tokenizer = TextTokenizer.for_model(self.spec, settings.truncate)
         self.tokens = CachingTokenizer(
             tokenizer, settings.tokenizer_cache_size, settings.tokenizer_cache_bytes, self.name
         )
@@ -83,6 +83,9 @@ class EmbeddingTransformer(Model):
     def get_output_types(self) -> list[dict]:
         return contract.output_metadata(self.spec.dimension if self.spec else -1)
 
+    def metadata_parameters(self) -> dict:
+        return contract.metadata_parameters(self.spec)
+
     async def predict(
         self,
         payload: InferRequest | dict,
@@ -107,8 +110,12 @@ class EmbeddingTransformer(Model):
         self, texts: Sequence[str], options: EmbedOptions, headers: dict[str, str] | None, field: str = contract.TEXT
     ) -> Embedded:
         """Embeddings of ``texts``: cached ones from the embedding cache, the rest (each distinct
-        text once) tokenized through the token cache and sent to the predictor in one request."""
-        assert self.tokens is not None and self.embedding_cache is not None
+        text once) tokenized through the token cache and sent to the predictor in one request.
+        The prompt is resolved here and sent to the predictor as a raw string, so both sides mean
+        the same tokens by it (the predictor counts them for pooling that leaves the prompt out)."""
+        assert self.tokens is not None and self.embedding_cache is not None and self.spec is not None
+        prompt = options.resolve_prompt(self.spec.prompts, self.spec.default_prompt_name)
+        options = replace(options, prompt_name=None, prompt=prompt)
         settings = self.tokens.settings_key
         cache = self.embedding_cache
         found = cache.lookup(texts, settings, options) if cache.enabled else [None] * len(texts)
@@ -120,7 +127,7 @@ class EmbeddingTransformer(Model):
         counts: dict[str, int] = {}
         if first_index:
             missing = list(first_index)
-            rows = await self.tokens.encode(missing, field, positions=list(first_index.values()))
+            rows = await self.tokens.encode(missing, field, positions=list(first_index.values()), prompt=prompt)
             ids, mask = pad_batch(rows, self.tokens.pad_id)
             request = contract.token_request(self.name, ids, mask, options, binary=self.settings.predictor_binary)
             embeddings = await self._forward(request, headers, len(rows))

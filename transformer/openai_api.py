@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -42,6 +43,9 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
     user: StrictStr | None = None
+    # kembed's extensions: one of the model's prompts by name, or a raw prompt ("" = none)
+    prompt_name: StrictStr | None = None
+    prompt: StrictStr | None = None
 
 
 class OpenAIError(Exception):
@@ -119,6 +123,11 @@ async def create_embeddings(model: EmbeddingTransformer, http_request: Request) 
             )
         except InvalidInput as exc:
             raise OpenAIError(400, str(exc), "dimensions", "invalid_value") from None
+        options = replace(options, prompt_name=request.prompt_name, prompt=request.prompt)
+        try:
+            options.resolve_prompt(model.spec.prompts, model.spec.default_prompt_name)
+        except InvalidInput as exc:
+            raise OpenAIError(400, str(exc), "prompt_name", "invalid_value") from None
         try:
             embedded = await unless_disconnected(
                 model.embed(texts, options, dict(http_request.headers), field="input"), http_request

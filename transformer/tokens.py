@@ -1,8 +1,9 @@
 """Token ids with an LRU cache in front of the tokenizer.
 
-Keyed by the exact text and the tokenizer's settings (max length, truncation), so a cached row is
-exactly what the predictor would make itself. Only a request's misses reach the tokenizer, in one
-batched call; a text repeated inside one request is tokenized once.
+Keyed by the exact text, the prompt before it and the tokenizer's settings (max length,
+truncation), so a cached row is exactly what the predictor would make itself. Only a request's
+misses reach the tokenizer, in one batched call; a text repeated inside one request is tokenized
+once.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from kembed.tokenization import TextTokenizer
 from transformer import metrics
 from transformer.lru import ByteBoundedLRU
 
-TokenKey = tuple[tuple[int, bool], str]
+TokenKey = tuple[tuple[int, bool], str, str]  # (tokenizer settings, prompt, text)
 
 
 class CachingTokenizer:
@@ -38,16 +39,16 @@ class CachingTokenizer:
         return self.tokenizer.settings_key
 
     async def encode(
-        self, texts: Sequence[str], field: str, positions: Sequence[int] | None = None
+        self, texts: Sequence[str], field: str, positions: Sequence[int] | None = None, prompt: str = ""
     ) -> list[np.ndarray]:
-        """One read-only int64 row per text (unpadded). ``field`` and ``positions`` (each text's
-        index in the client's request, default its index here) name the culprit in errors. The
-        cache is used on the event loop; long misses are tokenized off it."""
+        """One read-only int64 row per text (unpadded), each text after ``prompt``. ``field`` and
+        ``positions`` (each text's index in the client's request, default its index here) name the
+        culprit in errors. The cache is used on the event loop; long misses are tokenized off it."""
         settings = self.settings_key
         rows: list[np.ndarray | None] = [None] * len(texts)
         misses: dict[str, list[int]] = {}
         for index, text in enumerate(texts):
-            row = self.cache.get((settings, text))
+            row = self.cache.get((settings, prompt, text))
             if row is None:
                 misses.setdefault(text, []).append(index)
             else:
@@ -58,29 +59,29 @@ class CachingTokenizer:
             self.metrics.misses.inc(missed)
             started = time.perf_counter()
             encoded = await run_sized(
-                lambda: self._encode_misses(misses, field, positions), sum(map(len, misses))
+                lambda: self._encode_misses(misses, field, positions, prompt), sum(map(len, misses))
             )
             self.seconds.observe(time.perf_counter() - started)
             evicted = 0
             for (text, indices), row in zip(misses.items(), encoded, strict=True):
                 row.setflags(write=False)
-                evicted += self.cache.put((settings, text), row, sys.getsizeof(text) + row.nbytes)
+                evicted += self.cache.put((settings, prompt, text), row, sys.getsizeof(text) + row.nbytes)
                 for index in indices:
                     rows[index] = row
             self.metrics.evictions.inc(evicted)
         return rows  # type: ignore[return-value]
 
     def _encode_misses(
-        self, misses: dict[str, list[int]], field: str, positions: Sequence[int] | None
+        self, misses: dict[str, list[int]], field: str, positions: Sequence[int] | None, prompt: str
     ) -> list[np.ndarray]:
         try:
-            return self.tokenizer.encode(list(misses), field)
+            return self.tokenizer.encode(list(misses), field, prompt)
         except InvalidInput:
             # Too long with truncation off: name the item by its index in the request, not by its
             # index among the misses the tokenizer saw.
             for text, indices in misses.items():
                 try:
-                    self.tokenizer.encode([text], field)
+                    self.tokenizer.encode([text], field, prompt)
                 except InvalidInput:
                     position = positions[indices[0]] if positions is not None else indices[0]
                     raise InvalidInput(
