@@ -6,7 +6,7 @@
 #   CUDA:          docker build -t ghcr.io/kembed/kembed:0.1.0-cu128 \
 #                    --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 #   Extra model:   docker build --build-arg MODEL_SRC=path/to/model/in/context -t ... .
-#                  (copied to /models and KEMBED_MODEL_DIR=/models; without it the bundled model is served)
+#                  (copied to /models; without it the bundled model is; either way with its OpenVINO IR)
 #
 # A container picks its service with `command: ["kembed-predictor"]`, `["kembed-transformer"]` or
 # `["kembed-eventing"]` plus args; with no command the image runs the predictor.
@@ -52,11 +52,17 @@ RUN PYTHON=/opt/venv/bin/python bash scripts/install.sh . \
  && /opt/venv/bin/python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash \
         -x '/torch/testing/_internal/' /opt/venv/lib
 
-# Optional model baked in at /models (a directory of the build context, not excluded by .dockerignore).
+# The served model at /models with its OpenVINO IR: MODEL_SRC (a directory of the build context, not
+# excluded by .dockerignore) or else a copy of the bundled model. kembed-export runs here, once: the root
+# filesystem is read-only at run time, and the predictor's openvino backend (auto on a CPU) never exports.
 ARG MODEL_SRC=""
 RUN --mount=type=bind,target=/context \
-    mkdir /models \
- && if [ -n "${MODEL_SRC}" ]; then cp -R "/context/${MODEL_SRC}/." /models/; fi
+    if [ -n "${MODEL_SRC}" ]; then \
+        mkdir /models && cp -R "/context/${MODEL_SRC}/." /models/ && /opt/venv/bin/kembed-export /models; \
+    else \
+        /opt/venv/bin/kembed-export "$(/opt/venv/bin/python -c 'from kembed.cli import bundled_model_dir; print(bundled_model_dir())')" \
+            --output /models; \
+    fi
 
 
 FROM ${BASE_IMAGE} AS runtime
@@ -64,7 +70,6 @@ FROM ${BASE_IMAGE} AS runtime
 ARG BASE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-ARG MODEL_SRC=""
 LABEL org.opencontainers.image.title="kembed" \
       org.opencontainers.image.description="Serverless text embeddings on KServe and Knative: predictor, transformer and eventing service" \
       org.opencontainers.image.version="${VERSION}" \
@@ -75,7 +80,7 @@ LABEL org.opencontainers.image.title="kembed" \
 
 # Read-only root filesystem: every cache and temp dir points into /tmp (an emptyDir in the manifests),
 # and nothing downloads at run time (models come baked in or through KServe's storageUri).
-# KEMBED_MODEL_DIR is /models when MODEL_SRC was given, else empty (= the bundled model).
+# KEMBED_MODEL_DIR is /models: MODEL_SRC's model or the bundled one, each with its IR (kembed-export).
 ENV PATH=/opt/venv/bin:${PATH} \
     VIRTUAL_ENV=/opt/venv \
     HOME=/tmp \
@@ -86,7 +91,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    KEMBED_MODEL_DIR=${MODEL_SRC:+/models}
+    KEMBED_MODEL_DIR=/models
 
 # The base image ships its standard library without bytecode: compile it while the filesystem is
 # writable. A numeric, non-root user (uid 1000) so that `runAsNonRoot: true` can verify it.

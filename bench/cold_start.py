@@ -4,7 +4,8 @@
 
 Scale-to-zero only pays if a pod wakes fast. Each run starts a fresh process and polls every 10 ms.
 The transformer runs are made against one predictor that stays up. The predictor is measured with
-its native encoder (the default for BERT-family models) and with the transformers backend.
+the OpenVINO runtime (the default on a CPU when the model dir has an IR: `make setup` exports the
+bundled model to .cache/models), its native encoder and the transformers backend.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from pathlib import Path
 import httpx
 
 from bench import HelpFormatter
+from kembed.cli import bundled_model_dir
 from kembed.launch import ROOT, free_port, start_server
 
 MODEL = "minilm"
+EXPORTED = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup` (kembed-export)
 BODY = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["wake up"]}]}
 
 
@@ -82,10 +85,15 @@ def main() -> None:
         compileall.compile_dir(ROOT / package, quiet=1)
     one_run("predictor", ["--backend", "transformers"])  # fill the page cache so every run starts alike
     # Interleaved, so that a busy moment on a shared machine does not land on one backend only.
-    predictor_runs: dict[str, list[tuple[float, float]]] = {"native": [], "transformers": []}
+    backends = ["openvino", "native", "transformers"]
+    if not (EXPORTED / "openvino" / "openvino_model.xml").is_file():
+        print(f"no IR in {EXPORTED} (make setup exports it): openvino not measured")
+        backends.remove("openvino")
+    model_dir = EXPORTED if "openvino" in backends else Path(bundled_model_dir())
+    predictor_runs: dict[str, list[tuple[float, float]]] = {backend: [] for backend in backends}
     for _ in range(args.runs):
         for backend, runs in predictor_runs.items():
-            runs.append(one_run("predictor", ["--backend", backend]))
+            runs.append(one_run("predictor", ["--backend", backend, "--model_dir", str(model_dir)]))
     log = tempfile.mkdtemp()
     upstream = start_server("predictor", ["--model_name", MODEL], Path(log) / "p.log",
                             ready_path=f"/v2/models/{MODEL}/ready")

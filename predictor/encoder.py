@@ -1,9 +1,8 @@
-"""The model itself: unpadded token-id rows in, pooled float32 embeddings out."""
+"""The torch runtimes (native packed BERT, transformers): unpadded token-id rows in, float32 vectors out."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,27 +10,42 @@ import numpy as np
 import torch
 
 from kembed.model_spec import ModelSpec
-from kembed.tokenization import pad_batch, padded_tokens
+from kembed.tokenization import pad_batch
 from predictor import bert
 from predictor.packing import PackedBatch
 from predictor.pooling import PromptLengths, pool_packed, pool_padded
 from predictor.postprocess import Head
-from predictor.settings import BACKENDS
+from predictor.precision import min_cosine, passes_gate, synthetic_gate_rows
+from predictor.runtime import Runtime
+
+TORCH_BACKENDS = ("auto", "native", "transformers")
 
 logger = logging.getLogger("kembed.predictor")
 
-class Encoder:
-    """The checkpoint's encoder plus the pooling and the modules after it (Dense, ...) that its
+class Encoder(Runtime):
+    """The checkpoint's encoder in torch plus the pooling and the modules after it (Dense, ...) that its
     sentence-transformers config asks for.
 
     Backend `native` is kembed's own BERT (`bert.py`: no transformers import, a faster cold start),
     `transformers` is `AutoModel` (any architecture), `auto` picks native when it can build the model.
-    Not thread-safe by design: the batcher calls it from one worker thread per device.
+    A reduced dtype on the CPU (bf16) is loaded in fp32 first, so that the gate rows can be embedded both
+    ways; `dtype_required=False` (dtype `auto`) falls back to fp32 when the gate fails, else it raises.
     """
 
-    def __init__(self, spec: ModelSpec, device: str, dtype: str, pad_id: int = 0, backend: str = "auto"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str,
+        dtype: str,
+        pad_id: int = 0,
+        backend: str = "auto",
+        gate_rows: Sequence[np.ndarray] | None = None,
+        dtype_required: bool = True,
+    ):
+        if backend not in TORCH_BACKENDS:
+            raise ValueError(f"backend must be one of {TORCH_BACKENDS}, got {backend!r}")
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (int8 needs --backend openvino)")
         self.spec = spec
         self.device = torch.device(device)
         self.pad_id = pad_id
@@ -41,11 +55,29 @@ class Encoder:
             raise ValueError(f"backend 'native' cannot build {spec.model_dir}: {unsupported}")
         if unsupported:
             logger.info("transformers backend (native: %s)", unsupported)
-            self.backend = "transformers"
-            self.model = _transformers_model(spec.model_dir, self.device, getattr(torch, dtype))
-        else:
-            self.backend = "native"
-            self.model = bert.load_bert(spec.model_dir, self.device, getattr(torch, dtype))
+        self.backend = "transformers" if unsupported else "native"
+        self.packed = self.backend == "native"
+        gated = self.device.type == "cpu" and dtype != "float32"
+        self.dtype = "float32" if gated else dtype
+        self.model = self._load()
+        if gated:
+            self._reduce_precision(dtype, gate_rows or synthetic_gate_rows(spec.vocab_size), dtype_required)
+
+    def _load(self) -> torch.nn.Module:
+        if self.backend == "native":
+            return bert.load_bert(self.spec.model_dir, self.device, getattr(torch, self.dtype))
+        return _transformers_model(self.spec.model_dir, self.device, getattr(torch, self.dtype))
+
+    def _reduce_precision(self, dtype: str, rows: Sequence[np.ndarray], required: bool) -> None:
+        """Casts the fp32 model to `dtype` when the gate rows keep their direction (precision.py)."""
+        reference = self(rows)
+        self.model.to(getattr(torch, dtype))
+        self.dtype = dtype
+        self.min_cosine = min_cosine(reference, self(rows))
+        measured = f"torch {self.backend} {dtype} vs float32 on {len(rows)} gate texts"
+        if not passes_gate(dtype, self.min_cosine, required, measured):
+            self.dtype = "float32"
+            self.model = self._load()
 
     @torch.inference_mode()
     def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
@@ -61,50 +93,6 @@ class Encoder:
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = pool_padded(hidden, attention_mask, self.spec.pooling, prompt_lengths)
         return self.head(pooled.float().cpu().numpy())
-
-    @property
-    def packed(self) -> bool:
-        """Whether batches run packed (native backend) rather than padded (transformers)."""
-        return self.backend == "native"
-
-    def batch_cost(self, lengths: Sequence[int]) -> int:
-        """Tokens of work in a batch: its real tokens when packed, rows x longest when padded."""
-        return sum(lengths) if self.packed else padded_tokens(lengths)
-
-    def warm_up(self) -> None:
-        """One pass with a padded attention group: allocations and kernel selection happen here,
-        not in the first request."""
-        longest = min(16, self.spec.max_seq_length)
-        self([np.full(length, self.pad_id, dtype=np.int64) for length in (longest, max(1, longest - 4))])
-
-    def measure_pass_cost_tokens(self, repeats: int = 2) -> float:
-        """The fixed cost of one forward pass, in tokens: how many tokens of work a pass costs
-        before its first token. Fits time = fixed + per_token x tokens through a 1 x 16 and a
-        4 x 64 batch; this is also the warm-up. Small on a CPU, large on a GPU."""
-        small = [np.full(16, self.pad_id, dtype=np.int64)]
-        large = [np.full(64, self.pad_id, dtype=np.int64)] * 4
-
-        def best_seconds(rows: list[np.ndarray]) -> float:
-            timings = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                self(rows)
-                timings.append(time.perf_counter() - started)
-            return min(timings)
-
-        self.warm_up()
-        t_small, t_large = best_seconds(small), best_seconds(large)
-        per_token = max(t_large - t_small, 1e-9) / (4 * 64 - 16)
-        return max(0.0, t_small / per_token - 16)
-
-    def measure_seconds_per_token(self, max_batch_size: int, max_batch_tokens: int) -> float:
-        """Seconds per token of a well-filled pass (the batcher's first estimate of queue wait)."""
-        length = min(64, self.spec.max_seq_length)
-        count = max(1, min(max_batch_size, max_batch_tokens // length, 8))
-        rows = [np.full(length, self.pad_id, dtype=np.int64)] * count
-        started = time.perf_counter()
-        self(rows)
-        return (time.perf_counter() - started) / (length * len(rows))
 
     def memory_bytes(self) -> int:
         if self.device.type == "cuda":

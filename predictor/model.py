@@ -15,7 +15,6 @@ from kembed.model_spec import ModelSpec, read_model_spec
 from kembed.tokenization import TextTokenizer
 from predictor import metrics
 from predictor.batcher import Batcher
-from predictor.encoder import Encoder
 from predictor.postprocess import finish
 from predictor.settings import PredictorSettings
 
@@ -32,9 +31,9 @@ class EmbeddingModel(Model):
         self.device = "cpu"
 
     def load(self) -> bool:
-        """Loads the encoder and runs one warm-up pass; only then is the model ready."""
-        import torch
-
+        """Loads the runtime and runs one warm-up pass; only then is the model ready."""
+        from predictor.backends import load_runtime
+        from predictor.precision import GATE_TEXTS
         from predictor.resources import fit_thread_count, resolve_device, resolve_dtype
 
         started = time.perf_counter()
@@ -48,9 +47,13 @@ class EmbeddingModel(Model):
         self.device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, self.device)
         threads = fit_thread_count(settings.threads)
-        torch.set_num_threads(threads)
         self.tokenizer = TextTokenizer.for_model(self.spec, settings.truncate)
-        encoder = Encoder(self.spec, self.device, dtype, self.tokenizer.pad_id, settings.backend)
+        # The gate texts are cut at the limit whatever --truncate says: they check precision, not input.
+        gate_tokenizer = self.tokenizer if settings.truncate else TextTokenizer.for_model(self.spec, truncate=True)
+        encoder = load_runtime(
+            self.spec, settings.backend, self.device, dtype, threads, self.tokenizer.pad_id,
+            gate_rows=gate_tokenizer.encode(GATE_TEXTS), dtype_required=settings.dtype != "auto",
+        )
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).
         pass_cost = settings.pass_cost_tokens
@@ -70,7 +73,7 @@ class EmbeddingModel(Model):
         logger.info(
             "loaded %s on %s (%s backend, %s, %d threads, pooling=%s, dim=%d, max_seq_length=%d, "
             "pass cost %.0f tokens) in %.2fs",
-            settings.model_dir, self.device, encoder.backend, dtype, threads, self.spec.pooling,
+            settings.model_dir, self.device, encoder.backend, encoder.dtype, threads, self.spec.pooling,
             self.spec.dimension, self.spec.max_seq_length, pass_cost, seconds,
         )
         self.ready = True

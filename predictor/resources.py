@@ -47,20 +47,39 @@ def fit_thread_count(requested: int = 0, cpu_limit: float | None = None) -> int:
     return available
 
 
-def resolve_device(device: str) -> str:
-    import torch
+# Device nodes of the NVIDIA driver and of ROCm: without them torch cannot see a GPU, so `auto` is the
+# CPU and no torch import is needed to know it (the OpenVINO runtime never imports torch).
+GPU_DEVICE_NODES = (Path("/dev/nvidiactl"), Path("/dev/kfd"))
 
+
+def resolve_device(device: str, gpu_nodes: tuple[Path, ...] = GPU_DEVICE_NODES) -> str:
     if device == "auto":
+        if not any(node.exists() for node in gpu_nodes):
+            return "cpu"
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     return device
 
 
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+
+
 def resolve_dtype(dtype: str, device: str) -> str:
-    """`auto` is fp16 on GPU (tensor cores) and fp32 on CPU (fp16 matmuls are slow there)."""
+    """`auto` is fp16 on GPU (tensor cores), bf16 on a CPU that computes it natively (avx512_bf16 or
+    AMX; the runtime then checks it against fp32, see precision.py) and fp32 on other CPUs (emulated
+    bf16 and fp16 matmuls are slower there). int8 means a quantized OpenVINO IR and is never automatic."""
+    from predictor.precision import cpu_has_native_bf16
+
     if dtype == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+        if device.startswith("cuda"):
+            return "float16"
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {DTYPES}, got {dtype!r}")
     return dtype

@@ -6,21 +6,25 @@ from dataclasses import dataclass
 
 from kembed.cli import ServerSettings
 from kembed.settings import knob
+from predictor.backends import BACKENDS
 from predictor.batcher import BatchLimits
 
 _LIMITS = BatchLimits()
-BACKENDS = ("auto", "native", "transformers")
 
 
 @dataclass(frozen=True)
 class PredictorSettings(ServerSettings):
     device: str = knob("auto", "auto | cpu | cuda | cuda:N")
-    backend: str = knob("auto", "native (kembed's packed BERT, fast cold start) | transformers (AutoModel, any "
-                        "encoder) | auto (native when it can build the model)", choices=BACKENDS)
-    dtype: str = knob("auto", "auto (fp16 on GPU, fp32 on CPU) | float32 | float16 | bfloat16")
+    backend: str = knob("auto", "openvino (an IR in the model dir's openvino/, see kembed-export; CPU, no torch) | "
+                        "native (kembed's packed BERT in torch) | transformers (AutoModel, any encoder) | auto "
+                        "(openvino on a CPU when installed and the IR exists, else native when it can build "
+                        "the model, else transformers)", choices=BACKENDS)
+    dtype: str = knob("auto", "auto (fp16 on GPU; bf16 on a CPU with avx512_bf16 or AMX if it passes the "
+                      "precision gate, else fp32) | float32 | float16 | bfloat16 | int8 (openvino's quantized "
+                      "IR)", choices=("auto", "float32", "float16", "bfloat16", "int8"))
     pooling: str = knob("auto", "auto (the model's sentence-transformers Pooling) | cls | mean | max | "
                         "mean_sqrt_len_tokens | weightedmean | lasttoken (several joined by '+')")
-    threads: int = knob(0, "torch CPU threads; 0 = fit the container's CPU quota")
+    threads: int = knob(0, "CPU threads (torch or OpenVINO); 0 = fit the container's CPU quota")
     max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
     max_batch_tokens: int = knob(_LIMITS.max_batch_tokens, "tokens per forward pass (items x longest with the "
                                  "transformers backend, which pads)", unit="tokens")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,11 @@ import pytest
 from kembed.launch import Server, start_server
 
 MODEL_NAME = "minilm"
+
+# The suite compares served vectors with fp32 references at fp32 tolerances, so every server it starts
+# computes in fp32 unless a test asks otherwise; `--dtype auto` (bf16 where the CPU has it) and each
+# backend are tested with their own tolerances in test_runtimes.py.
+os.environ.setdefault("KEMBED_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

@@ -271,7 +271,7 @@ def test_build_context_excludes_venv_and_git_but_not_what_the_image_copies(build
 
 
 def test_empty_model_dir_env_means_the_bundled_model(monkeypatch):
-    """The image sets KEMBED_MODEL_DIR to "" unless a model was baked in; the predictor must read that as unset."""
+    """An empty KEMBED_MODEL_DIR (a manifest that blanks it) must read as unset: the bundled model."""
     monkeypatch.setenv("KEMBED_MODEL_DIR", "")
     from kembed.cli import bundled_model_dir
     from kembed.settings import from_args
@@ -280,3 +280,18 @@ def test_empty_model_dir_env_means_the_bundled_model(monkeypatch):
 
     args, _ = build_parser().parse_known_args([])
     assert from_args(PredictorSettings, args).model_path == Path(bundled_model_dir())
+
+
+def test_image_and_make_setup_export_the_model_once_at_build_time(builder, runtime, tmp_path):
+    """The predictor serves OpenVINO by default on a CPU only where the model dir has an IR; with a read-only
+    root filesystem the image must carry it, and `make setup` caches it (a file target, not a step of serve)."""
+    assert any("kembed-export" in rest for rest in args_of(builder, "RUN"))
+    assert not any("kembed-export" in rest for rest in args_of(runtime, "RUN"))
+    assert key_values(runtime, "ENV")["KEMBED_MODEL_DIR"] == "/models"
+    assert any("/models" in rest for rest in args_of(runtime, "COPY"))
+    make = subprocess.run(
+        ["make", "-n", "-B", "serve", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=30, check=True,
+    ).stdout
+    assert "kembed-export" in make and "--output .cache/models/all-minilm-l6-v2" in make, make
+    assert 'KEMBED_MODEL_DIR="${KEMBED_MODEL_DIR:-.cache/models/all-minilm-l6-v2}"' in make, make

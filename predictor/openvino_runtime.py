@@ -1,0 +1,165 @@
+"""The OpenVINO runtime: an IR in sentence-transformers' layout, padded batches, no torch import.
+
+Why: on a CPU, OpenVINO's graph compiler with the bf16 inference-precision hint embeds ~3-4x faster
+than torch fp32, and a predictor that imports neither torch nor transformers is ready in about a
+second. The IR is `<model_dir>/openvino/openvino_model.xml` (`..._qint8_quantized.xml` for int8), as
+`SentenceTransformer(dir, backend="openvino")` saves it and `kembed-export` writes it: inputs
+`input_ids`, `attention_mask` (and `token_type_ids` where the model has them), output
+`last_hidden_state` [B, L, H]. Pooling and the model's head then run in numpy (`pooling.py`, `postprocess.py`).
+
+The gate (precision.py): with the bf16 hint or the int8 IR, the rows `kembed-export` stored beside the
+IR (`kembed_gate*.json`: token ids and their fp32 torch mean-pooled states) are embedded and compared; an
+IR without that file is measured against the fp32 IR compiled in f32 (a slower start, logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kembed.model_spec import ModelSpec, Pooling
+from kembed.tokenization import pad_batch
+from predictor.pooling import PromptLengths, pool_padded_numpy
+from predictor.postprocess import Head
+from predictor.precision import min_cosine, passes_gate, synthetic_gate_rows
+from predictor.runtime import Runtime
+
+logger = logging.getLogger("kembed.predictor")
+
+IR_DIR = "openvino"
+IR_FILES = {"float32": "openvino_model.xml", "int8": "openvino_model_qint8_quantized.xml"}
+GATE_FILES = {"float32": "kembed_gate.json", "int8": "kembed_gate_qint8.json"}
+HIDDEN_OUTPUT = "last_hidden_state"
+MEAN = Pooling(("mean",))  # what the precision gate compares, whatever the model pools
+
+
+def ir_path(model_dir: Path, dtype: str) -> Path:
+    """The IR a dtype serves from: the int8 one for int8, the fp32 one (run with a bf16 hint) otherwise."""
+    return Path(model_dir) / IR_DIR / IR_FILES["int8" if dtype == "int8" else "float32"]
+
+
+def gate_path(model_dir: Path, dtype: str) -> Path:
+    """kembed-export's fp32 torch reference for this IR: gate texts for the fp32 IR, the held-out texts of
+    the export's own check (with its --min_cosine) for the int8 one."""
+    return Path(model_dir) / IR_DIR / GATE_FILES["int8" if dtype == "int8" else "float32"]
+
+
+def openvino_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("openvino") is not None
+
+
+def missing_ir_message(model_dir: Path, dtype: str) -> str:
+    int8 = " --int8 --calibration TEXTS.txt" if dtype == "int8" else ""
+    return (f"backend 'openvino' needs {ir_path(model_dir, dtype)}; make it with "
+            f"`kembed-export {model_dir}{int8}` (or `kembed-export {model_dir} --output DIR{int8}` for a "
+            "read-only model directory, then serve DIR)")
+
+
+def cpu_computes_bf16(core: object) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINORuntime(Runtime):
+    """Compiles the IR for the CPU: `threads` inference threads, one stream, latency hint, and the
+    inference precision `dtype` asks for (bf16 where the CPU computes it; int8 runs its quantized IR
+    with bf16 for what is left in floating point)."""
+
+    backend = "openvino"
+    packed = False
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        dtype: str,
+        threads: int,
+        pad_id: int = 0,
+        gate_rows: Sequence[np.ndarray] | None = None,
+        dtype_required: bool = True,
+    ):
+        import openvino as ov
+
+        self.spec = spec
+        self.pad_id = pad_id
+        self.threads = threads
+        self.head = Head(spec.head)
+        path = ir_path(spec.model_dir, dtype)
+        if not path.is_file():
+            raise FileNotFoundError(missing_ir_message(spec.model_dir, dtype))
+        self._core = ov.Core()
+        bf16 = cpu_computes_bf16(self._core)
+        if dtype == "bfloat16" and not bf16:
+            if dtype_required:
+                raise RuntimeError("--dtype bfloat16 with the openvino backend needs a CPU with native bf16 "
+                                   "(avx512_bf16 or AMX); this one has none: use --dtype float32")
+            dtype = "float32"
+        self._ir = self._core.read_model(str(path))
+        self._inputs = {port.get_any_name() for port in self._ir.inputs}
+        missing = {"input_ids", "attention_mask"} - self._inputs
+        outputs = {name for port in self._ir.outputs for name in port.get_names()}
+        if missing or HIDDEN_OUTPUT not in outputs:
+            raise ValueError(f"{path} is not a feature-extraction IR: inputs {sorted(self._inputs)}, outputs "
+                             f"{sorted(outputs)} (need input_ids, attention_mask -> {HIDDEN_OUTPUT})")
+        self.dtype = dtype
+        self.precision_hint = "bf16" if dtype in ("bfloat16", "int8") and bf16 else "f32"
+        self._request = self._compile(self.precision_hint)
+        if dtype in ("bfloat16", "int8"):
+            # int8 has no fallback of its own (its IR is quantized): it passes the gate or does not start.
+            required = dtype_required or dtype == "int8"
+            self._gate(dtype, gate_rows or synthetic_gate_rows(spec.vocab_size), required)
+
+    def _compile(self, hint: str, ir: object = None) -> object:
+        """An infer request of the IR (or another) compiled with this inference precision."""
+        compiled = self._core.compile_model(ir or self._ir, "CPU", {
+            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        return compiled.create_infer_request()
+
+    def _gate(self, dtype: str, rows: Sequence[np.ndarray], required: bool) -> None:
+        """Measures this compilation against fp32: kembed-export's stored torch reference where there
+        is one, else the fp32 IR compiled in f32."""
+        stored = gate_path(self.spec.model_dir, dtype)
+        threshold = None
+        if stored.is_file():
+            gate = json.loads(stored.read_text())
+            rows = [np.asarray(row, dtype=np.int64) for row in gate["rows"]]
+            reference = np.asarray(gate["mean_pooled"], dtype=np.float32)
+            threshold = gate.get("min_cosine")
+            source = f"kembed-export's torch float32 reference on {len(rows)} texts"
+        else:
+            fp32_ir = ir_path(self.spec.model_dir, "float32")
+            if not fp32_ir.is_file():
+                raise FileNotFoundError(f"no {stored} and no {fp32_ir}: nothing to measure {dtype} against")
+            logger.info("no %s: compiling %s in f32 too, for the precision gate", stored, fp32_ir)
+            reference_ir = self._core.read_model(str(fp32_ir))
+            reference = pool_padded_numpy(*self._hidden(rows, self._compile("f32", reference_ir)), MEAN)
+            source = f"{fp32_ir.name} in f32 on {len(rows)} gate texts"
+        self.min_cosine = min_cosine(reference, self.hidden_mean(rows))
+        measured = f"openvino {dtype} ({self.precision_hint} hint) vs {source}"
+        if not passes_gate(dtype, self.min_cosine, required, measured, threshold):
+            self.dtype, self.precision_hint = "float32", "f32"
+            self._request = self._compile("f32")
+
+    def _hidden(self, rows: Sequence[np.ndarray], request: object = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = pad_batch(rows, self.pad_id)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            inputs["token_type_ids"] = np.zeros_like(ids)
+        # share_inputs: the arrays are fresh and not reused, so OpenVINO may read them in place.
+        result = (request or self._request).infer(inputs, share_inputs=True)
+        return result[HIDDEN_OUTPUT], mask
+
+    def hidden_mean(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Mean-pooled last hidden states, the quantity the precision gate compares."""
+        return pool_padded_numpy(*self._hidden(rows), MEAN)
+
+    def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
+        return self.head(pool_padded_numpy(*self._hidden(rows), self.spec.pooling, prompt_lengths))

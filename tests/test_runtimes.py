@@ -1,0 +1,177 @@
+"""Every runtime and dtype against sentence-transformers, served by real predictors on 127.0.0.1.
+
+The bundled model is exported once with the real `kembed-export` (fp32 IR and an int8 IR calibrated on
+texts the comparison never sees); each backend/dtype then serves the same 240 real mixed-length texts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from kembed.cli import bundled_model_dir
+from kembed.corpus import english_corpus
+from kembed.launch import ROOT, start_server
+from predictor.precision import cpu_has_native_bf16, min_cosine, passes_gate
+from tests.conftest import MODEL_NAME
+
+CORPUS = english_corpus(600)
+TEXTS, CALIBRATION = CORPUS[:240], CORPUS[300:460]
+NATIVE_BF16 = "bfloat16" if cpu_has_native_bf16() else "float32"  # what `auto` means on this CPU
+
+
+def export(model_dir: str, output: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "predictor.export", model_dir, "--output", str(output), *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled model with its fp32 and int8 IRs, made by kembed-export."""
+    root = tmp_path_factory.mktemp("exported")
+    (root / "calibration.txt").write_text("\n".join(CALIBRATION))
+    output = root / "minilm"
+    done = export(bundled_model_dir(), output, "--int8", "--calibration", str(root / "calibration.txt"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"int8 IR .* min cosine 0\.\d+, mean 0\.\d+", done.stdout), done.stdout
+    return output
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(bundled_model_dir(), device="cpu").encode(TEXTS, batch_size=32)
+
+
+def served_vectors(url: str, texts: list[str]) -> np.ndarray:
+    parts = []
+    for start in range(0, len(texts), 40):
+        chunk = texts[start : start + 40]
+        body = {"inputs": [{"name": "text", "shape": [len(chunk)], "datatype": "BYTES", "data": chunk}]}
+        response = httpx.post(f"{url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]
+        parts.append(np.asarray(output["data"], dtype=np.float32).reshape(output["shape"]))
+    return np.concatenate(parts)
+
+
+def serve(tmp_path: Path, model_dir: Path | str, *flags: str, dtype: str = "auto"):
+    return start_server(
+        "predictor", ["--model_name", MODEL_NAME, "--model_dir", str(model_dir), *flags],
+        tmp_path / "predictor.log", env={"KEMBED_DTYPE": dtype}, ready_path=f"/v2/models/{MODEL_NAME}/ready",
+    )
+
+
+# (model: bundled or exported, backend flag, dtype, backend and dtype the log must name, min cosine)
+CASES = [
+    ("bundled", "native", "float32", "native", "float32", 0.99999),
+    ("bundled", "native", "bfloat16", "native", "bfloat16", 0.999),
+    ("bundled", "transformers", "float32", "transformers", "float32", 0.99999),
+    ("bundled", "auto", "auto", "native", NATIVE_BF16, 0.999),
+    ("exported", "openvino", "float32", "openvino", "float32", 0.99999),
+    ("exported", "openvino", "bfloat16", "openvino", "bfloat16", 0.999),
+    ("exported", "openvino", "int8", "openvino", "int8", 0.99),
+    ("exported", "auto", "auto", "openvino", NATIVE_BF16, 0.999),
+]
+
+
+@pytest.mark.parametrize(("model", "backend", "dtype", "log_backend", "log_dtype", "threshold"), CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_every_runtime_matches_sentence_transformers(
+    tmp_path, exported, reference, model, backend, dtype, log_backend, log_dtype, threshold
+):
+    model_dir = exported if model == "exported" else bundled_model_dir()
+    server = serve(tmp_path, model_dir, "--backend", backend, dtype=dtype)
+    try:
+        got = served_vectors(server.url, TEXTS)
+    finally:
+        server.stop()
+    assert got.shape == reference.shape
+    cosine = min_cosine(reference, got)
+    print(f"{model} {backend} {dtype}: min cosine {cosine:.6f} on {len(TEXTS)} texts")
+    assert cosine >= threshold
+    assert f"({log_backend} backend, {log_dtype}," in server.log()
+    if backend == "auto":
+        expected = "backend auto: openvino" if model == "exported" else "backend auto: torch (no "
+        assert expected in server.log()
+
+
+def test_missing_ir_is_a_startup_error_naming_the_file_and_the_tool(tmp_path) -> None:
+    with pytest.raises(RuntimeError) as failure:
+        serve(tmp_path, bundled_model_dir(), "--backend", "openvino", dtype="float32")
+    message = str(failure.value)
+    assert str(Path(bundled_model_dir()) / "openvino" / "openvino_model.xml") in message
+    assert "kembed-export" in message
+
+
+def test_openvino_predictor_never_imports_torch(exported) -> None:
+    script = (
+        "import sys\n"
+        "import predictor.__main__\n"
+        "from predictor.model import EmbeddingModel\n"
+        "from predictor.settings import PredictorSettings\n"
+        f"model = EmbeddingModel('m', PredictorSettings(model_dir={str(exported)!r}, backend='openvino'))\n"
+        "assert model.load()\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def drifted_copy(exported: Path, target: Path) -> Path:
+    """The exported model with a stored fp32 reference that no longer matches the IR (rows rotated)."""
+    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("*.bin", "*.safetensors"))
+    for name in ("openvino/openvino_model.bin", "model.safetensors"):
+        (target / name).symlink_to(exported / name)
+    gate_file = target / "openvino" / "kembed_gate.json"
+    gate = json.loads(gate_file.read_text())
+    gate["mean_pooled"] = gate["mean_pooled"][1:] + gate["mean_pooled"][:1]
+    gate_file.write_text(json.dumps(gate))
+    return target
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="auto is float32 without native bf16: nothing to gate")
+def test_precision_gate_falls_back_to_fp32_under_auto_and_refuses_an_explicit_dtype(
+    tmp_path, exported, reference
+) -> None:
+    model_dir = drifted_copy(exported, tmp_path / "drifted")
+    server = serve(tmp_path, model_dir)
+    try:
+        got = served_vectors(server.url, TEXTS[:40])
+    finally:
+        server.stop()
+    assert "falling back to float32" in server.log()
+    assert "(openvino backend, float32," in server.log()
+    assert min_cosine(reference[:40], got) >= 0.99999  # fp32 really is what runs
+    with pytest.raises(RuntimeError, match=r"below 0\.999; serve with --dtype float32"):
+        serve(tmp_path, model_dir, "--backend", "openvino", dtype="bfloat16")
+
+
+def test_gate_threshold_per_dtype() -> None:
+    assert passes_gate("bfloat16", 0.9995, required=True, measured="t")
+    assert not passes_gate("bfloat16", 0.998, required=False, measured="t")
+    assert passes_gate("int8", 0.995, required=True, measured="t")
+    with pytest.raises(RuntimeError, match=r"below 0\.99;"):
+        passes_gate("int8", 0.98, required=True, measured="t")
+
+
+def test_int8_export_refuses_to_write_below_min_cosine(tmp_path) -> None:
+    (tmp_path / "calibration.txt").write_text("\n".join(CALIBRATION[:10]))
+    done = export(bundled_model_dir(), tmp_path / "out", "--int8", "--calibration", str(tmp_path / "calibration.txt"),
+                  "--min_cosine", "0.99999")
+    assert done.returncode == 1
+    assert "refusing to write the int8 IR" in done.stderr
+    assert (tmp_path / "out" / "openvino" / "openvino_model.xml").is_file()  # the fp32 IR passed its own check
+    assert not (tmp_path / "out" / "openvino" / "openvino_model_qint8_quantized.xml").exists()
