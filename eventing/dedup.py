@@ -50,14 +50,16 @@ class Deduplicator(Generic[S, T]):
         self.new_state = new_state
         self.size = size
         self.clock = clock
+        # In the order the entries' last attempts finished (in-flight ones wherever they were).
         self._entries: OrderedDict[Hashable, _Entry[S, T]] = OrderedDict()
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def bytes(self) -> int:
-        return sum(entry.size for entry in self._entries.values())
+        return self._bytes
 
     async def run(self, key: Hashable, compute: Callable[[S], Awaitable[T]]) -> tuple[T, bool]:
         """``compute(state)``'s result and whether it came from an earlier delivery of ``key``."""
@@ -83,37 +85,41 @@ class Deduplicator(Generic[S, T]):
         if self._entries.get(key) is not entry or entry.task is not task:
             return
         if task.cancelled() or self.ttl <= 0:
-            del self._entries[key]
-            self._publish()
+            self._drop(key)
             return
         if task.exception() is not None:
             entry.task = None  # the next delivery runs a new attempt on the kept state
+        self._bytes -= entry.size
         entry.size = self.size(entry.state)
+        self._bytes += entry.size
         entry.expires_at = self.clock() + self.ttl
         self._entries.move_to_end(key)
         self._expire()
 
     def _expire(self) -> None:
-        """Drops expired entries, then the oldest finished ones beyond the bounds (in-flight ones stay)."""
+        """Drops expired entries, then the oldest finished ones beyond the bounds (in-flight ones stay).
+
+        Finished entries are in the order they expire, so both stop at the first one they keep."""
         now = self.clock()
-        for key in [key for key, entry in self._entries.items() if _expired(entry, now)]:
-            del self._entries[key]
-        finished = [key for key, entry in self._entries.items() if entry.expires_at is not None]
-        count, held = len(self._entries), self.bytes
-        for key in finished:
-            if count <= self.max_entries and held <= self.max_bytes:
+        count, held = len(self._entries), self._bytes
+        doomed: list[Hashable] = []
+        for key, entry in self._entries.items():
+            if entry.expires_at is None:
+                continue
+            expired = entry.expires_at <= now
+            if not expired and count <= self.max_entries and held <= self.max_bytes:
                 break
-            held -= self._entries.pop(key).size
-            count -= 1
-            metrics.DEDUP_EVICTED.inc()
-        self._publish()
+            if not expired:
+                metrics.DEDUP_EVICTED.inc()
+            doomed.append(key)
+            count, held = count - 1, held - entry.size
+        for key in doomed:
+            self._drop(key)
+        metrics.DEDUP_BYTES.set(self._bytes)
 
-    def _publish(self) -> None:
-        metrics.DEDUP_BYTES.set(self.bytes)
-
-
-def _expired(entry: _Entry, now: float) -> bool:
-    return entry.expires_at is not None and entry.expires_at <= now
+    def _drop(self, key: Hashable) -> None:
+        self._bytes -= self._entries.pop(key).size
+        metrics.DEDUP_BYTES.set(self._bytes)
 
 
 def _running_or_succeeded(task: asyncio.Task) -> bool:
