@@ -31,7 +31,7 @@ ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/kembed/kembed/
 class Encoded:
     """An event as HTTP: what is sent, and what a size limit is measured on."""
 
-    headers: dict[str, str]
+    headers: dict[str, str]  # latin-1 text: one character per byte on the wire
     body: bytes
 
     @property
@@ -48,11 +48,14 @@ class Plan:
 
 
 def encode(event: CloudEvent, structured: bool) -> Encoded:
+    """Header values are the UTF-8 bytes of the attributes, held as latin-1 text: what HTTP servers and
+    clients write byte for byte (starlette; `Sink.send`), and what Knative's Go SDK reads as UTF-8."""
     if structured:
         headers, body = to_structured(event)
     else:
         headers, body = to_binary(event, data_marshaller=orjson.dumps)
-    return Encoded(dict(headers), body.encode() if isinstance(body, str) else body)
+    wire = {name: value if value.isascii() else value.encode().decode("latin-1") for name, value in headers.items()}
+    return Encoded(wire, body.encode() if isinstance(body, str) else body)
 
 
 def event_id(job: EmbedJob, suffix: str) -> str:

@@ -55,7 +55,7 @@ def is_structured(headers: Mapping[str, str]) -> bool:
 
 def parse_job(headers: Mapping[str, str], body: bytes, request_type: str, max_items: int) -> EmbedJob:
     """A validated job, or `EventFailure` (400) naming what is wrong."""
-    lowered = {key.lower(): value for key, value in headers.items()}
+    lowered = {key.lower(): _header_value(key.lower(), value) for key, value in headers.items()}
     content_type = lowered.get("content-type", "").lower()
     if content_type.startswith("application/cloudevents-batch"):
         raise malformed("batched CloudEvents are not accepted: send one event per request")
@@ -74,8 +74,22 @@ def parse_job(headers: Mapping[str, str], body: bytes, request_type: str, max_it
         raise EventFailure(
             400, "wrong_type", f"event type '{event['type']}' is not handled here: expected '{request_type}'"
         )
+    for name in ("id", "source", "subject"):  # copied into the replies' headers and JSON
+        if isinstance(event.get(name), str):
+            _check_unicode(name, event[name])
     ids, texts, options = parse_data(event.get_data(), max_items)
     return EmbedJob(event, ids, texts, options, structured=is_structured(lowered))
+
+
+def _header_value(name: str, value: str) -> str:
+    """A ce-* header as text: servers decode header bytes as latin-1, senders (Knative's Go SDK) write
+    attributes as UTF-8 bytes; the replies write them back the same way (`eventing.reply.encode`)."""
+    if not name.startswith("ce-") or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise malformed(f"header {name} is not UTF-8 text") from None
 
 
 def parse_data(data: Any, max_items: int) -> tuple[list[ItemId], list[str], EmbedOptions]:

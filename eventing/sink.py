@@ -20,7 +20,8 @@ class Sink:
     async def send(self, event: Encoded) -> None:
         """Any failure is 503: the delivery is retried and the parts sent again with the same ids."""
         try:
-            response = await self.client.post(self.url, headers=event.headers, content=event.body)
+            headers = {name: value.encode("latin-1") for name, value in event.headers.items()}
+            response = await self.client.post(self.url, headers=headers, content=event.body)
         except httpx.HTTPError as exc:
             message = f"K_SINK {self.url} is unreachable: {exc or type(exc).__name__}"
             raise unavailable(message, self.retry_after) from exc

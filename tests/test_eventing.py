@@ -293,6 +293,26 @@ def test_a_sink_down_beyond_the_retries_is_a_503_and_knatives_retry_completes(sp
     assert len(first_ids) == summary.data["parts"] > 1
 
 
+def test_non_ascii_attributes_travel_as_utf8_headers(splitting, sink):
+    """Once a 500 (the parts' headers could not be encoded), retried by Knative 7 times. Knative's Go SDK
+    writes and reads header values as UTF-8 bytes; the replies and parts carry them back the same way."""
+    subject = "Über 日本"
+    event = request_event({"texts": [f"non-ascii {i}" for i in range(300)], "dimensions": 64}, subject=subject)
+    sink.events.clear()
+    summary = reply_of(post(splitting, event, structured=True))
+    assert summary["subject"] == subject
+    wire = {part["subject"].encode("latin-1").decode("utf-8") for part, _ in sink.events}  # http.server: latin-1
+    assert wire == {subject} and len(sink.events) == summary.data["parts"]
+    headers, body = to_binary(request_event({"texts": ["x"]}))
+    headers = {**headers, "ce-subject": subject.encode("utf-8")}
+    response = httpx.post(splitting.url + "/", headers=headers, content=body, timeout=60)
+    assert response.status_code == 200
+    assert dict(response.headers.raw)[b"ce-subject"] == subject.encode("utf-8")
+    headers["ce-subject"] = b"\xfc"  # latin-1, not UTF-8
+    refused = httpx.post(splitting.url + "/", headers=headers, content=body, timeout=60)
+    assert refused.status_code == 400 and "ce-subject is not UTF-8" in refused.json()["error"]
+
+
 def test_too_large_without_k_sink_is_a_422_not_retried(eventing):
     response = post(eventing, request_event({"texts": [f"text {i}" for i in range(100)]}))
     assert response.status_code == 422

@@ -115,6 +115,26 @@ def test_not_a_cloudevent_is_a_400(headers, body, message):
     assert message in failure.value.message
 
 
+def test_header_bytes_are_read_as_utf8_and_written_back_the_same_way():
+    headers, body = to_binary(request_event({"texts": ["x"] * 40}))
+    raw = "Über 日本".encode().decode("latin-1")  # what a server hands over for UTF-8 header bytes
+    job = parse({**headers, "ce-subject": raw}, body, 100)
+    assert job.event["subject"] == "Über 日本"
+    plan = plan_reply(job, np.ones((40, 64), dtype=np.float32) / 8, make_settings(max_event_bytes=8192, sink="http://s/"))
+    assert len(plan.parts) > 1
+    for event in (plan.reply, *plan.parts):
+        assert event.headers["ce-subject"] == raw
+        assert all(len(value.encode("latin-1")) == len(value) for value in event.headers.values())
+    with pytest.raises(EventFailure, match="header ce-subject is not UTF-8"):
+        parse({**headers, "ce-subject": "\xfc"}, body)
+
+
+def test_a_lone_surrogate_in_a_copied_attribute_is_a_400():
+    headers, body = to_structured(request_event({"texts": ["x"]}, subject="\ud800"))
+    with pytest.raises(EventFailure, match="subject contains a lone surrogate"):
+        parse(headers, body)
+
+
 HEADER_NAMES = st.sampled_from(
     ["ce-specversion", "ce-type", "ce-source", "ce-id", "ce-subject", "content-type", "ce-time", "ce-x"]
 )
