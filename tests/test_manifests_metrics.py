@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferenceservices import guard
 from kembed.launch import start_server
 from tests.conftest import MODEL_NAME
 from tests.test_manifests import OVERLAYS, one, render
@@ -30,8 +31,16 @@ SUFFIXES = {
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
             "offset", "inf", "nan"}
 PODMONITOR_LABELS = {"namespace", "pod", "container", "isvc", "component", "revision", "le"}
-# Exported by kube-state-metrics, not by kembed (the absence alerts read replica counts from it).
-EXTERNAL = {"kube_deployment_status_replicas_available": {"namespace", "deployment"}}
+# Exported by kube-state-metrics and Knative, not by kembed (absence alerts and the canary guard read them).
+EXTERNAL = {
+    "kube_deployment_status_replicas_available": {"namespace", "deployment"},
+    "kube_pod_container_status_restarts_total": {"namespace", "pod"},
+    "revision_request_count": {"namespace_name", "revision_name", "response_code_class"},
+    "activator_request_count": {"namespace_name", "revision_name", "response_code_class"},
+    "kn_serving_invocation_duration_seconds_count": {"namespace", "pod", "http_response_status_code"},
+    "http_server_request_duration_seconds_count": {"k8s_namespace_name", "kn_revision_name",
+                                                   "http_response_status_code"},
+}
 
 
 def exported_names(metrics_text: str) -> set[str]:
@@ -89,6 +98,11 @@ def all_queries() -> dict[str, str]:
                 for variable in dashboard["templating"]["list"]:
                     if variable["type"] == "query":
                         queries[f"dashboard variable {variable['name']}"] = variable["query"]["query"]
+    revisions = {"predictor": "kembed-predictor-00002", "transformer": "kembed-transformer-00002"}
+    for signal in guard.signals("kembed", "kembed", revisions, guard.Limits()):
+        queries[f"guard {signal.name} {metric_names(signal.query)}"] = signal.query
+    queries["guard restarts"] = guard.restarts("kembed", revisions, 600, 0).query
+    queries["guard canary requests"] = guard.canary_requests("kembed", "kembed", revisions["predictor"], 600)
     return queries
 
 
