@@ -403,6 +403,30 @@ def test_the_release_label_is_one_documented_patch():
     assert "labelSelector: release=kube-prometheus-stack" in docs and "targetPort: 8080" in docs
 
 
+def render_overlay(tmp_path: Path, kustomization: dict[str, Any]) -> list[dict[str, Any]]:
+    """An overlay written to tmp_path (paths in it relative to inferenceservices/), rendered."""
+    package = Path(os.path.relpath(PACKAGE, tmp_path))
+    kustomization = {**kustomization, "resources": [
+        item if (tmp_path / item).exists() else str(package / item) for item in kustomization["resources"]]}
+    if "components" in kustomization:
+        kustomization["components"] = [str(package / item) for item in kustomization["components"]]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    result = subprocess.run([str(KUBECTL), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_documented_patch_for_operators_before_0_79_gives_a_valid_podmonitor(tmp_path):
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    snippet = re.search(r"```yaml\n(patches:\n  - target: \{kind: PodMonitor\}.*?)```", docs, re.S)
+    assert snippet, "the targetPort patch is not in docs/deploy.md"
+    patches = yaml.safe_load(snippet[1])["patches"]
+    monitor = one(render_overlay(tmp_path, {"resources": ["overlays/cpu"], "patches": patches}), "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["targetPort"] == 8080 and "portNumber" not in endpoint
+    assert schema_errors(monitor) == []
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
 
@@ -442,14 +466,9 @@ def test_network_policy_namespaces_are_kustomize_variables(tmp_path):
                              knativeServingNamespace="serving", knativeEventingNamespace="eventing",
                              modelStorageCIDR="10.20.0.0/16")
     (tmp_path / "networks.yaml").write_text(yaml.safe_dump(variables))
-    package = Path(os.path.relpath(PACKAGE, tmp_path))
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "namespace": "kembed", "resources": [str(package / "overlays" / "gpu"), "networks.yaml"],
-        "components": [str(package / "networkpolicy")],
-    }))
-    result = subprocess.run([str(KUBECTL), "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    found = policies([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    objects = render_overlay(tmp_path, {"namespace": "kembed", "resources": ["overlays/gpu", "networks.yaml"],
+                                        "components": ["networkpolicy"]})
+    found = policies(objects)
     for policy in found.values():
         assert namespaces(policy["spec"]["ingress"], "from") == {"serving", "istio-system", "observability"}
         assert schema_errors(policy) == []
