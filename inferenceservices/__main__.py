@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(verb: str, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(verb, help=text, description=text)
+        sub = commands.add_parser(verb, help=text.replace("%", "%%"), description=text)
         add_cluster_options(sub, top=False)
         return sub
 
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "guard_ready_timeout", "10m", "duration"))
     watch.add_argument("--promote", action="store_true", help="promote after a healthy guard window")
 
-    for verb, text in (("promote", "give the latest predictor revision 100%%"),
-                       ("rollback", "give the previous predictor revision 100%%"),
+    for verb, text in (("promote", "give the latest predictor revision 100%"),
+                       ("rollback", "give the previous predictor revision 100%"),
                        ("status", "revisions, traffic, readiness and URLs")):
         command(verb, text).add_argument("name", help=NAME_HELP)
     wait_parser = command("wait", "wait until every component serves its spec")
