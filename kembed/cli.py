@@ -69,6 +69,9 @@ def kserve_flags() -> argparse.ArgumentParser:
     parser._optionals.title = "kserve ModelServer flags"
     parser._optionals.conflict_handler = "resolve"  # a kembed knob of the same name sets its default
     parser._option_string_actions["--workers"].help = WORKERS_HELP
+    for action in parser._actions:
+        if action.help and action.default not in (None, argparse.SUPPRESS) and "%(default)" not in action.help:
+            action.help += " (default: %(default)s)"
     return parser
 
 

@@ -80,6 +80,7 @@ def test_kembed_knobs_come_before_kserve_flags_in_help():
     assert "(default:" not in body.split("--http_port")[0]
     workers = body[body.index("--workers"):body.index("--max_threads")]
     assert "ignored: kembed serves one process per pod" in " ".join(workers.split())
+    assert "model server. (default: 8080)" in " ".join(body.split())  # kserve's --http_port, with its default
 
 
 def test_configuration_doc_is_generated_from_the_declarations():
