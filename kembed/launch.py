@@ -67,14 +67,15 @@ def start_server(
     )
     server = Server(process, f"http://127.0.0.1:{http_port}", http_port, grpc_port, log_path)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log()[-4000:]}")
-        try:
-            if httpx.get(server.url + (ready_path or "/v2/health/ready"), timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(poll_interval)
+    with httpx.Client(timeout=1) as client:  # one client: a new one per poll costs the starting server CPU
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{module} exited with {process.returncode}:\n{server.log()[-4000:]}")
+            try:
+                if client.get(server.url + (ready_path or "/v2/health/ready")).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(poll_interval)
     server.stop(signal.SIGKILL)
     raise TimeoutError(f"{module} not ready in {timeout}s:\n{server.log()[-4000:]}")

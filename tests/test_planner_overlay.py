@@ -4,6 +4,7 @@ validates against the CRD schemas like the shipped overlays (the helpers and che
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -69,3 +70,43 @@ def test_an_overlay_on_the_gpu_overlay_keeps_the_gpu(tmp_path, capsys):
     assert predictor["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert predictor["containers"][0]["resources"]["limits"]["cpu"] == "4"
     assert predictor["tolerations"] and predictor["containers"][0]["image"].endswith("-cu128")
+
+
+def test_the_cpu_overlay_is_what_recommend_writes_from_the_committed_curve(tmp_path, monkeypatch, capsys):
+    """overlays/cpu's numbers come from inferenceservices/planner/curves/cpu.json by the command in its header;
+    rerunning that command reproduces the overlay (so a new curve means rerunning it, not editing by hand)."""
+    cpu = manifests.PACKAGE / "overlays" / "cpu"
+    header = (cpu / "kustomization.yaml").read_text()
+    (line,) = [line for line in header.splitlines() if line.startswith("#   kembed-plan recommend ")]
+    args = shlex.split(line.removeprefix("#   kembed-plan "))
+    args[args.index("--write-overlay") + 1] = str(tmp_path / "cpu")
+    monkeypatch.chdir(manifests.ROOT)
+    assert main(args) == 0
+    capsys.readouterr()
+    for name in ("predictor-scale.yaml", "rules-scale.yaml"):
+        assert (tmp_path / "cpu" / name).read_text() == (cpu / name).read_text(), name
+    assert manifests.render(str(tmp_path / "cpu")) == manifests.render("overlays/cpu")
+    curve = json.loads((manifests.PACKAGE / "planner" / "curves" / "cpu.json").read_text())
+    assert curve["command"] in header and curve["hardware"]["cpus"] == 2
+
+
+def test_simulate_reads_the_knobs_an_overlay_deploys(tmp_path, capsys):
+    from inferenceservices.planner.manifest import knobs_from_overlay, seconds
+
+    assert [seconds(text) for text in ("60s", "5m", "1h30m", "1544s")] == [60, 300, 5400, 1544]
+    knobs = knobs_from_overlay(manifests.PACKAGE / "overlays" / "cpu")
+    isvc = manifests.one(manifests.render("overlays/cpu"), "InferenceService")["spec"]["predictor"]
+    assert knobs["container_concurrency"] == isvc["containerConcurrency"]
+    assert knobs["scale_target"] == isvc["scaleTarget"] and knobs["max_replicas"] == isvc["maxReplicas"]
+    assert knobs["scale_down_delay_s"] == 300 and knobs["stable_window_s"] == 60  # the base's, not recommend's
+    assert knobs["timeout_s"] == isvc["timeout"]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("second,rps\n0,5\n30,0\n")
+    curve = manifests.PACKAGE / "planner" / "curves" / "cpu.json"
+    assert main(["simulate", "--curve", str(curve), "--trace", str(trace), "--overlay",
+                 str(manifests.PACKAGE / "overlays" / "cpu"), "--png", "", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "png" not in out  # --png '' draws nothing
+    assert out["settings"]["container_concurrency"] == isvc["containerConcurrency"]
+    assert out["settings"]["scale_to_zero_pod_retention_s"] == seconds(
+        isvc["annotations"]["autoscaling.knative.dev/scale-to-zero-pod-retention-period"])

@@ -70,18 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--curve", type=Path, required=True)
     s.add_argument("--trace", type=Path, required=True, help="CSV `second,rps` (rps holds until the next row)")
+    s.add_argument("--overlay", type=Path, metavar="DIR",
+                   help="a kustomization (e.g. inferenceservices/overlays/cpu): the knobs it deploys (kubectl)")
     s.add_argument("--recommendation", type=Path, help="recommend --json output: its numbers set the knobs")
     s.add_argument("--slo-p99-ms", type=float, help="default: the recommendation's, else 500")
     s.add_argument("--cold-start-s", type=float, help="override the curve's cold start")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--uniform", action="store_true", help="evenly spaced arrivals instead of Poisson")
-    s.add_argument("--png", type=Path, default=Path("simulation.png"), help="picture to draw ('' for none)")
+    s.add_argument("--png", default="simulation.png", help="picture to draw ('' for none)")
     s.add_argument("--json", action="store_true")
     from inferenceservices.planner.kpa import KpaSettings
 
     for knob in dataclasses.fields(KpaSettings):
         s.add_argument(f"--{knob.name.replace('_', '-')}", type=float, default=None,
-                       help=f"Knative knob (default: recommendation, else {knob.default})")
+                       help=f"Knative knob (default: overlay, recommendation, else {knob.default})")
     return parser
 
 
@@ -94,7 +96,7 @@ def read_trace(path: Path) -> list[tuple[float, float]]:
             try:
                 second, rps = float(row[0]), float(row[1])
             except (ValueError, IndexError):
-                if number == 1:
+                if not rows and row[0].strip().lower() == "second":
                     continue  # header
                 raise ValueError(f"{path}:{number}: expected `second,rps`, got {row!r}") from None
             if second < 0 or rps < 0 or (rows and second <= rows[-1][0]):
@@ -110,6 +112,10 @@ def settings_for(args: argparse.Namespace) -> tuple[Any, float]:
 
     values: dict[str, Any] = {}
     slo = 500.0
+    if args.overlay:
+        from inferenceservices.planner.manifest import knobs_from_overlay
+
+        values.update(knobs_from_overlay(args.overlay))
     if args.recommendation:
         rec = json.loads(args.recommendation.read_text())
         values.update({knob: rec[key] for key, knob in FROM_RECOMMENDATION.items() if key in rec})
@@ -124,7 +130,7 @@ def settings_for(args: argparse.Namespace) -> tuple[Any, float]:
     return KpaSettings(**values), args.slo_p99_ms or slo
 
 
-def run_measure(args: argparse.Namespace) -> int:
+def run_measure(args: argparse.Namespace, argv: list[str]) -> int:
     from inferenceservices.planner.measure import measure
 
     extra = [*(["--backend", args.backend] if args.backend else []), *args.predictor_args]
@@ -133,12 +139,26 @@ def run_measure(args: argparse.Namespace) -> int:
                     max_concurrency=args.max_concurrency, p99_ceiling_ms=args.p99_ceiling_ms,
                     min_gain=args.min_gain, cold_start_runs=args.cold_start_runs, cold_start_s=args.cold_start_s,
                     patience=args.patience)
+    curve["command"] = "kembed-plan " + shlex.join(argv)
     Curve.from_dict(curve)  # what we write, we can read
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(curve, indent=2) + "\n")
     print(f"wrote {args.out} ({len(curve['points'])} points, cold start {curve['cold_start_s']} s)",
           file=sys.stderr)
     return 0
+
+
+def describe(curve: Curve) -> str:
+    """Where a curve comes from, in one line: what a reader of the overlay needs to judge its numbers."""
+    hw = curve.hardware
+    parts = [str(hw.get("cpu_model", "unknown CPU")), f"{hw.get('cpus', '?')} CPUs"]
+    if hw.get("gpus"):
+        parts.append(", ".join(hw["gpus"]))
+    if hw.get("load_average_1m") is not None:
+        parts.append(f"load average {hw['load_average_1m']:.1f} while measured")
+    if curve.measured_at:
+        parts.append(curve.measured_at)
+    return "; ".join(parts)
 
 
 def run_recommend(args: argparse.Namespace, argv: list[str]) -> int:
@@ -152,7 +172,9 @@ def run_recommend(args: argparse.Namespace, argv: list[str]) -> int:
         from inferenceservices.planner.overlay import BASE, write_overlay
 
         command = "kembed-plan " + shlex.join(argv)
-        for path in write_overlay(rec, args.write_overlay, args.base or BASE, command):
+        if curve.command:
+            command = f"{curve.command}\n#   {command}"
+        for path in write_overlay(rec, args.write_overlay, args.base or BASE, command, describe(curve)):
             print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(rec.to_json(), indent=2))
@@ -172,10 +194,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     summary = result.summary()
     summary["slo_p99_ms"] = slo
     summary["settings"] = dataclasses.asdict(settings)
-    if str(args.png):
+    if args.png:
         from inferenceservices.planner.plot import draw
 
-        summary["png"] = str(draw(result.timeline, slo, args.png, title=f"{args.trace.name} on {args.curve.name}"))
+        title = f"{args.trace.name} on {args.curve.name}"
+        summary["png"] = str(draw(result.timeline, slo, Path(args.png), title=title))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -190,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "measure":
-            return run_measure(args)
+            return run_measure(args, argv)
         if args.command == "recommend":
             return run_recommend(args, argv)
         return run_simulate(args)

@@ -36,6 +36,8 @@ class Curve:
     model: Any = None
     texts_per_request: int = 1
     peak_rss_bytes: int | None = None
+    measured_at: str | None = None
+    command: str | None = None  # the measure command that wrote it
 
     @classmethod
     def from_dict(cls, data: Any) -> Curve:
@@ -63,7 +65,8 @@ class Curve:
         if not isinstance(hardware, dict):
             raise CurveError("`hardware` must be an object")
         return cls(tuple(points), None if cold_start is None else float(cold_start), hardware,
-                   data.get("model"), texts, rss)
+                   data.get("model"), texts, rss, data.get("measured_at"),
+                   data.get("command"))
 
     @classmethod
     def load(cls, path: str | Path) -> Curve:

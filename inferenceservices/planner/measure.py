@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import orjson
 
 from kembed.corpus import english_corpus
@@ -44,6 +45,18 @@ def request_bodies(texts_per_request: int, corpus_size: int = 2000) -> list[tupl
     corpus = english_corpus(corpus_size)
     k = texts_per_request
     return [(v2_body(corpus[i : i + k]), k) for i in range(0, len(corpus) - k + 1, k)]
+
+
+def worst_batch(host: str, port: int, model_name: str, texts: int = 256, log: Log = stderr) -> None:
+    """One request of the longest texts (truncated to the model's length): full batches of the most tokens, so
+    that the peak memory read afterwards covers the worst forward pass, not only the sweep's."""
+    longest = sorted(english_corpus(2000), key=len, reverse=True)[:texts]
+    try:
+        response = httpx.post(f"http://{host}:{port}/v2/models/{model_name}/infer", content=v2_body(longest),
+                              headers={"content-type": "application/json"}, timeout=600)
+        log(f"worst-case request ({texts} longest texts): HTTP {response.status_code}")
+    except httpx.HTTPError as exc:
+        log(f"worst-case request failed ({exc}); peak memory covers the sweep only")
 
 
 def cpu_model() -> str:
@@ -82,6 +95,7 @@ def hardware(device: str) -> dict[str, Any]:
         "device": device,
         "gpus": gpus() if device.startswith("cuda") or device == "auto" else [],
         "platform": platform.platform(),
+        "load_average_1m": os.getloadavg()[0],  # a busy machine measures a slower pod
     }
 
 
@@ -204,7 +218,9 @@ def measure(
             log(f"ready after {first_start:.2f} s; sweeping concurrency, {seconds:g} s per step")
             curve["points"] = sweep("127.0.0.1", server.http_port, model_name, bodies, seconds, max_concurrency,
                                     p99_ceiling_ms, min_gain, patience, log)
+            worst_batch("127.0.0.1", server.http_port, model_name, log=log)
             curve["peak_rss_bytes"] = peak_rss_bytes(server.process.pid)
+            curve["load_average_1m_after_sweep"] = os.getloadavg()[0]
         finally:
             server.stop()
         # The first start filled the page cache; later ones start the way a pod on a warm node does.

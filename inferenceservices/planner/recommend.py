@@ -164,8 +164,8 @@ def recommend(curve: Curve, goal: Goal) -> Recommendation:
     memory = None
     if curve.peak_rss_bytes:
         memory = memory_quantity(curve.peak_rss_bytes * goal.memory_headroom)
-        why["memory"] = (f"{memory}: peak resident memory {curve.peak_rss_bytes / MIB:.0f} MiB during the sweep "
-                         f"x {goal.memory_headroom:g}, rounded up to 256 MiB.")
+        why["memory"] = (f"{memory}: peak resident memory {curve.peak_rss_bytes / MIB:.0f} MiB (the sweep, then one "
+                         f"request of the longest texts) x {goal.memory_headroom:g}, rounded up to 256 MiB.")
     else:
         why["memory"] = "not measured (running URL): keep the manifest's."
     gpu = bool(curve.hardware.get("gpus")) and str(curve.hardware.get("device", "")).startswith(("cuda", "auto"))
