@@ -84,7 +84,8 @@ def test_the_cpu_overlay_is_what_recommend_writes_from_the_committed_curve(tmp_p
     assert main(args) == 0
     capsys.readouterr()
     for name in ("predictor-scale.yaml", "rules-scale.yaml"):
-        assert (tmp_path / "cpu" / name).read_text() == (cpu / name).read_text(), name
+        assert (tmp_path / "cpu" / name).read_text() == (cpu / name).read_text(), (
+            f"{name} is stale (did the base or its alert change?): rerun the command in overlays/cpu's header")
     assert manifests.render(str(tmp_path / "cpu")) == manifests.render("overlays/cpu")
     curve = json.loads((manifests.PACKAGE / "planner" / "curves" / "cpu.json").read_text())
     assert curve["command"] in header and curve["hardware"]["cpus"] == 2
