@@ -71,7 +71,8 @@ class Embedder:
         return np.concatenate([done[start] for start in range(0, len(texts), size)])
 
     async def _chunk(self, texts: Sequence[str], options: EmbedOptions) -> np.ndarray:
-        """One V2 call, tried once (the caller holds the semaphore and retries)."""
+        """One V2 call, tried once. The caller holds the semaphore (not taken here: asyncio's is not
+        reentrant) and retries."""
         name = self.settings.model_name
         started = time.perf_counter()
         try:
