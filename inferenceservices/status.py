@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inferenceservices.rollout import deployment_mode, ready_condition
+from inferenceservices.rollout import deployment_mode, problems, ready_condition
 
 COLUMNS = ("COMPONENT", "REVISION", "TAG", "TRAFFIC", "READY", "URL")
 
@@ -43,6 +43,9 @@ def render(isvc: dict[str, Any]) -> str:
         f"URL: {status.get('url') or '-'}",
         f"Ready: {ready.get('status')}{'  (' + why + ')' if why and ready.get('status') != 'True' else ''}",
     ]
+    holding = [item for item in problems(isvc) if not item.startswith("Ready=")]
+    if holding:  # per component, the way `wait` judges it (revisions, traffic, conditions)
+        lines.append(f"Rolling out: {'; '.join(holding)}")
     canary = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     if canary is not None:
         lines.append(f"Canary: {canary}% to the latest predictor revision")

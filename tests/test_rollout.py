@@ -317,6 +317,8 @@ def test_status_marks_a_revision_that_is_not_ready_yet(serve, kubeconfig, capsys
     assert run(kubeconfig(api.url), "status", "kembed") == 0
     out = capsys.readouterr().out
     assert 'Ready: False  (RevisionMissing: Revision "kembed-predictor-00003" is loading its model)' in out
+    assert ("Rolling out: predictor: revision kembed-predictor-00003 is not ready yet (latest ready: "
+            "kembed-predictor-00002)") in out
     assert ["predictor", "kembed-predictor-00003", "-", "0%", "False", "-"] in [line.split() for line in
                                                                                out.splitlines()]
 
