@@ -93,6 +93,11 @@ def describe(exc: ApiException, what: str, resource: str = f"{PLURAL}.{GROUP}/{V
         return RolloutError(f"unauthorized: the credentials in your kubeconfig were refused ({message})")
     if exc.status == 409:
         return RolloutError(f"conflict on {what}: {message}")
+    if exc.status == 422 and "/metadata/resourceVersion" in message and "test failed" in message:
+        # A JSON patch's `test` of the resourceVersion we read failed: the API server answers 422
+        # (applyJSPatch in k8s.io/apiserver pkg/endpoints/handlers/patch.go), nothing was changed.
+        return RolloutError(f"{what} changed since it was read (someone else updated it); nothing was patched, "
+                            "run the command again")
     if exc.status == 422:
         return RolloutError(f"{what} rejected: {message}")
     return RolloutError(f"{what}: HTTP {exc.status}: {message}")

@@ -2,12 +2,13 @@
 Prometheus. They model the behaviour the tool depends on, from the projects' own source:
 
 - `KServe`: the API server plus KServe's controller for one InferenceService. A spec change bumps
-  `metadata.generation` and `resourceVersion`; JSON-patch `test` ops are evaluated (409 on a failed test, as the
-  API server answers); each GET is one reconcile observation: first the old status (the controller has not
-  seen the change), then the new revision created but not ready (traffic still on the ready one, Knative
-  resolves `latestRevision` to the latest *ready* revision), then ready with KServe's traffic split
-  (ksvc_reconciler.go) and rolled-out bookkeeping (`PropagateStatus`). `status.observedGeneration` is the
-  generation of the Knative Service reconciled last, the transformer's, as KServe copies it.
+  `metadata.generation` and `resourceVersion`; JSON-patch `test` ops are evaluated (a failed one gets the
+  API server's generic 422, `testing value <path> failed: test failed`, k8s.io/apiserver patch.go); each GET
+  is one reconcile observation: first the old status (the controller has not seen the change), then the new
+  revision created but not ready (traffic still on the ready one, Knative resolves `latestRevision` to the
+  latest *ready* revision), then ready with KServe's traffic split (ksvc_reconciler.go) and rolled-out
+  bookkeeping (`PropagateStatus`). `status.observedGeneration` is the generation of the Knative Service
+  reconciled last, the transformer's, as KServe copies it.
 - `Prometheus`: holds series with per-second rates and evaluates the PromQL subset the guard uses
   (sum [by], rate, increase, histogram_quantile, `/`, label matchers = != =~ !~). A selector that matches
   nothing gives an empty vector, so a query with a wrong label finds no data; anything else is a 400.
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonpatch
+import jsonpointer
 
 Reply = tuple[int, Any]
 POD_TEMPLATE_FIELDS = ("containers", "volumes", "nodeSelector", "tolerations", "serviceAccountName", "annotations")
@@ -85,9 +87,11 @@ class KServe:
                 after = merge_patch(before, request.body)
             else:
                 return status_error(415, "UnsupportedMediaType", request.content_type)
-        except jsonpatch.JsonPatchTestFailed as exc:
-            return status_error(409, "Conflict", f"the server rejected our request due to an error in our request: "
-                                f"{exc}")
+        except jsonpatch.JsonPatchTestFailed:
+            # k8s.io/apiserver's applyJSPatch answers any failed op, a `test` too, with a generic 422.
+            failed = next(op["path"] for op in request.body if op.get("op") == "test"
+                          and jsonpointer.resolve_pointer(before, op["path"], None) != op.get("value"))
+            return status_error(422, "Invalid", f"testing value {failed} failed: test failed")
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             return status_error(422, "Invalid", str(exc))
         if after["spec"] != before["spec"]:
