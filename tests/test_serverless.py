@@ -37,7 +37,7 @@ def rss_kib(pid: int) -> int:
 
 def test_sigterm_mid_load_answers_every_accepted_request_and_exits_0(tmp_path: Path) -> None:
     server = start_predictor(
-        tmp_path, "--max_batch_size", "4", "--max_queue_seconds", "600", "--grace_period_seconds", "90"
+        tmp_path, "--max_batch_size", "4", "--max_queue_seconds", "100000", "--grace_period_seconds", "90"
     )
     url = f"{server.url}/v2/models/{MODEL_NAME}/infer"
 
@@ -132,7 +132,7 @@ def test_overload_gives_only_200_or_429_and_memory_stays_bounded(tmp_path: Path)
 
 def test_sigterm_with_more_queued_than_the_grace_allows_answers_only_200_or_503(tmp_path: Path) -> None:
     """What cannot finish within the grace period is answered 503 with Retry-After, never 500."""
-    server = start_predictor(tmp_path, "--grace_period_seconds", "3", "--max_queue_seconds", "600")
+    server = start_predictor(tmp_path, "--grace_period_seconds", "3", "--max_queue_seconds", "100000")
     url = f"{server.url}/v2/models/{MODEL_NAME}/infer"
 
     async def run() -> list[tuple[int, str | None] | str]:
