@@ -180,6 +180,18 @@ def decode_texts(tensor: InferInput, max_items: int) -> list[str]:
     return texts
 
 
+def _all_int64(values: list) -> bool:
+    """JSON data of an INT64 tensor: (nested lists of) ints, no bools, each within int64."""
+    stack = [values]
+    while stack:
+        for value in stack.pop():
+            if type(value) is list:
+                stack.append(value)
+            elif type(value) is not int or not -(2**63) <= value < 2**63:
+                return False
+    return True
+
+
 def _int_matrix(tensor: InferInput) -> np.ndarray:
     if tensor.datatype != INT64:
         raise InvalidInput(
@@ -187,9 +199,14 @@ def _int_matrix(tensor: InferInput) -> np.ndarray:
         )
     if len(tensor.shape) != 2:
         raise InvalidInput(f"input '{tensor.name}' must have shape [B, L], got {tensor.shape}")
+    if isinstance(tensor.data, list) and not _all_int64(tensor.data):
+        # numpy would cast 101.7 to 101 and true to 1 without a word
+        raise InvalidInput(
+            f"input '{tensor.name}' must hold integers in [-2^63, 2^63) (INT64), not floats, booleans or larger numbers"
+        )
     try:
         array = tensor.as_numpy()
-    except (ValueError, TypeError, struct.error) as exc:
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
         raise InvalidInput(
             f"input '{tensor.name}' data does not match shape {list(tensor.shape)} of integers"
         ) from exc

@@ -30,6 +30,7 @@ from kembed.errors import QueueFull, Unavailable, error_document
 from kembed.health import ServingHealth
 from kembed.repository import ClosedRepository, RepositoryDisabled, repository_disabled_handler
 from kembed.shutdown import drain_on_sigterm
+from kembed.strict_routes import StrictRoutes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -198,6 +199,7 @@ def install(
     in_flight: RequestsInFlight | None = None,
 ) -> None:
     """Adds kembed's middleware and overload handlers to kserve's FastAPI app (before start)."""
+    app.add_middleware(StrictRoutes)
     app.add_middleware(
         EdgeMiddleware, model_name=model_name, max_body_bytes=max_body_bytes, admission=admission, in_flight=in_flight
     )
@@ -332,8 +334,8 @@ def serve(
         server.model_repository_extension = ClosedRepository()  # type: ignore[assignment]
         model_server.app.add_exception_handler(RepositoryDisabled, repository_disabled_handler)
     route = V2InferRoute(server.dataplane)
-    for path in ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer"):
-        model_server.app.add_api_route(path, route, methods=["POST"], include_in_schema=False)
+    # (versioned paths are refused by StrictRoutes: kembed models have no versions)
+    model_server.app.add_api_route("/v2/models/{model_name}/infer", route, methods=["POST"], include_in_schema=False)
     model_server.app.add_api_route(
         "/v2/models/{model_name}", V2MetadataRoute(server.dataplane), methods=["GET"], include_in_schema=False
     )

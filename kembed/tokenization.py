@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from kserve.errors import InvalidInput
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Encoding, Tokenizer, normalizers
 
 from kembed.bounded_tokenization import PrefixEncoder, run_sized
 from kembed.model_spec import ModelSpec
@@ -53,6 +53,7 @@ class TextTokenizer:
         self._prefixes = PrefixEncoder(self._backend)
         self._special_ids = {i for i, token in self._backend.get_added_tokens_decoder().items() if token.special}
         self.prompt_length = lru_cache(maxsize=1024)(self._prompt_length)  # raw prompts come from clients
+        self._prompt_ids = lru_cache(maxsize=1024)(lambda prompt: self._backend.encode(prompt).ids)
 
     @classmethod
     def for_model(cls, spec: ModelSpec, truncate: bool = True) -> TextTokenizer:
@@ -68,6 +69,12 @@ class TextTokenizer:
         """What the ids depend on besides the text (for caches keyed by text)."""
         return (self.max_seq_length, self.truncate)
 
+    def _adds_no_tokens(self, encoding: Encoding, prompt: str) -> bool:
+        """Whether a text added nothing to its row: only special tokens, or the prompt's row alone."""
+        if not prompt:
+            return all(encoding.special_tokens_mask)
+        return encoding.ids == self._prompt_ids(prompt)
+
     def _prompt_length(self, prompt: str) -> int:
         """Tokens a prompt puts at the start of a row, counted as sentence-transformers counts them
         for ``include_prompt=False``: the prompt tokenized alone, without a trailing special token
@@ -81,16 +88,24 @@ class TextTokenizer:
         """`encode`, off the event loop when the texts are long."""
         return await run_sized(lambda: self.encode(texts, field, prompt), sum(map(len, texts)))
 
-    def encode(self, texts: Sequence[str], field: str = "text", prompt: str = "") -> list[np.ndarray]:
-        """One row of ids per text, each text after ``prompt`` (as sentence-transformers prepends it)."""
+    def encode(
+        self, texts: Sequence[str], field: str = "text", prompt: str = "", positions: Sequence[int] | None = None
+    ) -> list[np.ndarray]:
+        """One row of ids per text, each text after ``prompt`` (as sentence-transformers prepends it).
+        Errors name a text by its `positions` entry (default: its index)."""
         encodings = self._prefixes.encode_batch([prompt + text for text in texts] if prompt else texts)
+        for index, encoding in enumerate(encodings):
+            if self._adds_no_tokens(encoding, prompt):  # only zero-width or ignored characters: like ""
+                position = positions[index] if positions else index
+                raise InvalidInput(f"input '{field}' item {position} has no tokens (it is empty once normalized)")
         ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
         if not self.truncate:
             for index, row in enumerate(ids):
                 if len(row) > self.max_seq_length:
+                    position = positions[index] if positions else index
                     raise InvalidInput(
-                        f"input '{field}' item {index} is longer than {self.max_seq_length} "
-                        "tokens and truncation is off"
+                        f"input '{field}' item {position} is longer than {self.max_seq_length} tokens and "
+                        "truncation is off"
                     )
         return ids
 

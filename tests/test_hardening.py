@@ -130,3 +130,46 @@ def test_work_of_a_client_that_disconnected_gets_no_forward_pass(predictor: Serv
         time.sleep(0.1)
     time.sleep(0.5)
     assert metric_sum(predictor, items) - before == len(busy_texts)
+
+
+def token_body(ids: list, mask: list | None = None) -> dict:
+    return {"inputs": [
+        {"name": "input_ids", "datatype": "INT64", "shape": [1, len(ids)], "data": ids},
+        {"name": "attention_mask", "datatype": "INT64", "shape": [1, len(ids)], "data": mask or [1] * len(ids)},
+    ]}
+
+
+TEXT_BODY = v2_body(["hello"])
+# (method, path, request keywords, status, words the answer must hold); on both servers unless marked.
+MISTAKES = [
+    ("GET", f"/v2/models/{MODEL_NAME}?model_version=2", {}, 404, "versions"),
+    ("GET", f"/v2/models/{MODEL_NAME}/versions/2", {}, 404, "versions"),
+    ("GET", f"/v2/models/{MODEL_NAME}/versions/2/ready", {}, 404, "versions"),
+    ("POST", f"/v2/models/{MODEL_NAME}/versions/2/infer", {"json": TEXT_BODY}, 404, "versions"),
+    ("POST", f"/v1/models/{MODEL_NAME}:predict", {"json": {"instances": ["a"]}}, 400, "V2"),
+    ("POST", f"/v1/models/{MODEL_NAME}:explain", {"json": {"instances": ["a"]}}, 400, "V2"),
+    ("POST", f"/v1/models/{MODEL_NAME}:predict", {"files": {"f": ("a", b"x")}}, 400, "V2"),
+    ("POST", f"/v1/models/{MODEL_NAME}:explain", {"files": {"f": ("a", b"x")}}, 400, "V2"),
+    ("POST", INFER, {"files": {"f": ("a", b"x")}}, 415, "multipart/form-data"),
+    ("POST", INFER, {"content": orjson.dumps(TEXT_BODY), "headers": {"content-type": "text/plain"}}, 415, "text/plain"),
+    ("POST", INFER, {"json": v2_body(["\u200b\u200c\u2060\ufeff"])}, 400, "no tokens"),
+    ("POST", INFER, {"content": orjson.dumps(token_body([101, 2**63 - 1])).replace(b"9223372036854775807",
+                                                                                   b"9223372036854775808"),
+                     "headers": {"content-type": "application/json"}}, 400, "INT64", "predictor"),
+    ("POST", INFER, {"json": token_body([101.0, 102.0])}, 400, "INT64", "predictor"),
+    ("POST", INFER, {"json": token_body([101, True])}, 400, "INT64", "predictor"),
+    ("POST", INFER, {"json": token_body([101, 102], [1.0, 1])}, 400, "INT64", "predictor"),
+]
+
+
+@pytest.mark.parametrize(
+    ("which", "mistake"),
+    [(which, m) for m in MISTAKES for which in ("predictor", "transformer") if which in m[5:] or len(m) == 5],
+    ids=lambda v: v if isinstance(v, str) else f"{v[0]} {v[1][:40]} {v[3]}",
+)
+def test_a_clients_mistake_is_a_4xx_that_says_what(which: str, mistake: tuple, request) -> None:
+    method, path, keywords, status, words, *_ = mistake
+    server: Server = request.getfixturevalue(which)
+    response = httpx.request(method, server.url + path, timeout=30, **keywords)
+    assert response.status_code == status, response.text
+    assert words in response.text

@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from kserve.errors import InvalidInput
 
 from kembed.bounded_tokenization import run_sized
 from kembed.tokenization import TextTokenizer
@@ -74,18 +73,8 @@ class CachingTokenizer:
     def _encode_misses(
         self, misses: dict[str, list[int]], field: str, positions: Sequence[int] | None, prompt: str
     ) -> list[np.ndarray]:
-        try:
-            return self.tokenizer.encode(list(misses), field, prompt)
-        except InvalidInput:
-            # Too long with truncation off: name the item by its index in the request, not by its
-            # index among the misses the tokenizer saw.
-            for text, indices in misses.items():
-                try:
-                    self.tokenizer.encode([text], field, prompt)
-                except InvalidInput:
-                    position = positions[indices[0]] if positions is not None else indices[0]
-                    raise InvalidInput(
-                        f"input '{field}' item {position} is longer than {self.tokenizer.max_seq_length} "
-                        "tokens and truncation is off"
-                    ) from None
-            raise
+        """Errors name each text by its index in the client's request, not among the misses."""
+        first = [indices[0] for indices in misses.values()]
+        return self.tokenizer.encode(
+            list(misses), field, prompt, [positions[i] for i in first] if positions else first
+        )
