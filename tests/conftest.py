@@ -24,7 +24,8 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(
         "predictor",
         # Bursts from the tests must not meet admission (tested on its own servers) on a loaded machine.
-        ["--model_name", MODEL_NAME, "--queue_size", "4096", "--max_queue_seconds", "600"],
+        ["--model_name", MODEL_NAME, "--queue_size", "4096", "--max_queue_seconds", "600",
+         "--max_wait_seconds", "600"],
         log,
         ready_path=f"/v2/models/{MODEL_NAME}/ready",
     )
