@@ -25,14 +25,16 @@ def test_measure_a_running_predictor(predictor):
     assert curve["hardware"]["cpu_model"] and curve["hardware"]["cpus"] >= 1
 
 
-def test_measure_starts_a_predictor_and_the_curve_feeds_recommend_and_simulate(tmp_path):
+def test_measure_starts_a_predictor_and_its_curve_feeds_recommend(tmp_path):
     out = tmp_path / "curve.json"
     command = [sys.executable, "-m", "inferenceservices.planner", "measure", "--out", str(out), "--seconds", "0.4",
-               "--max-concurrency", "2", "--cold-start-runs", "1", "--min-gain", "-1"]
+               "--max-concurrency", "2", "--cold-start-runs", "1", "--min-gain", "-1",
+               "--worst-case-texts", "16"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""  # progress goes to stderr
     assert "concurrency    1:" in run.stderr and "cold start 1/1: exec -> ready" in run.stderr
+    assert "worst-case request (16 longest texts): HTTP 200" in run.stderr
     curve = json.loads(out.read_text())
     assert {"hardware", "model", "cold_start_s", "points"} <= set(curve)
     assert [p["concurrency"] for p in curve["points"]] == [1, 2]

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--patience", type=int, default=2, help="stop after this many flat doublings in a row")
     m.add_argument("--cold-start-runs", type=int, default=2, help="fresh starts timed after the sweep")
     m.add_argument("--cold-start-s", type=float, help="with --url: the cold start measured elsewhere")
+    m.add_argument("--worst-case-texts", type=int, default=256,
+                   help="one request of this many longest texts before peak memory is read (0: none)")
     m.add_argument("predictor_args", nargs="*", help="more predictor flags, after --")
 
     r = commands.add_parser("recommend", help="Knative scale settings from a curve and an SLO",
@@ -66,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--write-overlay", type=Path, metavar="DIR", help="write a kustomize overlay (patches only)")
     r.add_argument("--base", type=Path, help="kustomization the overlay patches (default: inferenceservices/base)")
 
-    s = commands.add_parser("simulate", help="replay a trace through a model of Knative's KPA",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # no ArgumentDefaultsHelpFormatter: the knobs' flags default to None (= overlay, recommendation, Knative)
+    s = commands.add_parser("simulate", help="replay a trace through a model of Knative's KPA")
     s.add_argument("--curve", type=Path, required=True)
     s.add_argument("--trace", type=Path, required=True, help="CSV `second,rps` (rps holds until the next row)")
     s.add_argument("--overlay", type=Path, metavar="DIR",
@@ -75,15 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recommendation", type=Path, help="recommend --json output: its numbers set the knobs")
     s.add_argument("--slo-p99-ms", type=float, help="default: the recommendation's, else 500")
     s.add_argument("--cold-start-s", type=float, help="override the curve's cold start")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random arrivals and request costs (default: 0)")
     s.add_argument("--uniform", action="store_true", help="evenly spaced arrivals instead of Poisson")
-    s.add_argument("--png", default="simulation.png", help="picture to draw ('' for none)")
+    s.add_argument("--png", default="simulation.png", help="picture to draw (default: simulation.png; '' for none)")
     s.add_argument("--json", action="store_true")
     from inferenceservices.planner.kpa import KpaSettings
 
     for knob in dataclasses.fields(KpaSettings):
         s.add_argument(f"--{knob.name.replace('_', '-')}", type=float, default=None,
-                       help=f"Knative knob (default: overlay, recommendation, else {knob.default})")
+                       help=f"default: the overlay's, the recommendation's, else {knob.default}")
     return parser
 
 
@@ -138,7 +140,7 @@ def run_measure(args: argparse.Namespace, argv: list[str]) -> int:
                     texts_per_request=args.texts_per_request, seconds=args.seconds,
                     max_concurrency=args.max_concurrency, p99_ceiling_ms=args.p99_ceiling_ms,
                     min_gain=args.min_gain, cold_start_runs=args.cold_start_runs, cold_start_s=args.cold_start_s,
-                    patience=args.patience)
+                    patience=args.patience, worst_case_texts=args.worst_case_texts)
     curve["command"] = "kembed-plan " + shlex.join(argv)
     Curve.from_dict(curve)  # what we write, we can read
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,9 +71,7 @@ class KpaSettings:
 @dataclass
 class Request:
     arrival: float
-    work: float
-    finish: float = math.nan
-    pod: Pod | None = None
+    work: float  # in units of one average request
 
 
 @dataclass
@@ -201,9 +199,9 @@ class Simulation:
             self.pods.append(pod)
         if start:
             self.active, self.desired = True, start
+        self.result.peak_replicas = start
         for t in arrival_times:
             self.push(t, self.ARRIVE)
-        self.duration = duration
         self.push(s.tick_s, self.TICK)
         now = 0.0
         while self.events:
@@ -294,7 +292,6 @@ class Simulation:
             self._start(now, pod, request)
         elif len(pod.queue) < QUEUE_PROXY_DEPTH_FACTOR * self.cc:
             pod.queue.append(request)
-            request.pod = pod
             self.in_system += 1
         else:
             self._fail(now, request, timeout=False)
@@ -327,7 +324,6 @@ class Simulation:
 
     def _start(self, now: float, pod: Pod, request: Request, queued: bool = False) -> None:
         self._advance(pod, now)
-        request.pod = pod
         heapq.heappush(pod.in_service, (pod.virtual + request.work, next(self.seq), request))
         if not queued:
             self.in_system += 1

@@ -186,6 +186,7 @@ def measure(
     min_gain: float,
     cold_start_runs: int,
     patience: int = 2,
+    worst_case_texts: int = 256,
     cold_start_s: float | None = None,
     log: Log = stderr,
 ) -> dict[str, Any]:
@@ -218,7 +219,8 @@ def measure(
             log(f"ready after {first_start:.2f} s; sweeping concurrency, {seconds:g} s per step")
             curve["points"] = sweep("127.0.0.1", server.http_port, model_name, bodies, seconds, max_concurrency,
                                     p99_ceiling_ms, min_gain, patience, log)
-            worst_batch("127.0.0.1", server.http_port, model_name, log=log)
+            if worst_case_texts:
+                worst_batch("127.0.0.1", server.http_port, model_name, worst_case_texts, log)
             curve["peak_rss_bytes"] = peak_rss_bytes(server.process.pid)
             curve["load_average_1m_after_sweep"] = os.getloadavg()[0]
         finally:
