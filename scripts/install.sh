@@ -126,7 +126,7 @@ print(" ".join(n for n in names if n.lower().startswith(("nvidia-", "triton", "c
     fi
 fi
 
-echo "$0: installing ${torch_args[*]} ${source_args[*]-} (the first time, a download of hundreds of MB)" >&2
+echo "$0: installing ${torch_args[*]}${source_args[*]+ ${source_args[*]}} (the first time, a download of hundreds of MB)" >&2
 run "$PYTHON" -m pip install "${torch_args[@]}" ${source_args[@]+"${source_args[@]}"}
 if [[ $torch_only -eq 0 ]]; then
     echo "$0: installing $*" >&2
