@@ -46,6 +46,14 @@ def test_parses_items_in_both_modes(encode):
     assert job.structured == (encode is to_structured)
 
 
+def test_prompt_fields_reach_the_request_options():
+    job = parse(*to_binary(request_event({"texts": ["x"], "prompt_name": "query"})))
+    assert (job.options.prompt_name, job.options.prompt) == ("query", None)
+    job = parse(*to_binary(request_event({"texts": ["x"], "prompt": ""})))
+    assert (job.options.prompt_name, job.options.prompt) == (None, "")
+    assert job.options.to_parameters() == {"prompt": ""}
+
+
 def test_plain_texts_get_their_positions_as_ids():
     job = parse(*to_binary(request_event({"texts": ["x", "y", "z"]})))
     assert job.ids == [0, 1, 2]
@@ -75,6 +83,7 @@ MALFORMED = [
     ({"texts": ["x"], "dimensions": 0}, "data.dimensions must be a positive integer"),
     ({"texts": ["x"], "dimensions": "64"}, "data.dimensions must be a positive integer"),
     ({"texts": ["x"] * 101}, "data.texts has 101 items: at most 100"),
+    ({"texts": ["x"], "prompt_name": 3}, "data.prompt_name must be a string or null"),
     ([1, 2], "event data must be a JSON object"),
     (None, "event has no data"),
 ]

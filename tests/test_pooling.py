@@ -3,18 +3,20 @@ then whole models (tokenizer, backbone, pooling, Dense, Normalize) against `Sent
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench.compare_st import TEXTS as TEXTS_OF_COMPARE_ST
+from bench.compare_st import kembed_embeddings
+from kembed.launch import ROOT
 from kembed.model_spec import POOLING_MODES, Pooling, read_model_spec
-from kembed.tokenization import TextTokenizer
-from predictor.encoder import Encoder
 from predictor.packing import PackedBatch
 from predictor.pooling import pool_packed, pool_padded, pool_padded_numpy
-from predictor.postprocess import finish
 from tests.st_models import TEXTS, backbone, min_cosine, reference, st_model
 
 LENGTHS = [5, 9, 1, 7]
@@ -97,12 +99,9 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return backbone(tmp_path_factory.mktemp("bert"), "bert")
 
 
-def embed_in_process(path: Path, backend: str, texts: list[str]) -> np.ndarray:
-    """kembed's predictor path without the server: tokenizer, encoder (with its head), finish."""
-    spec = read_model_spec(path)
-    tokenizer = TextTokenizer(path, spec.max_seq_length)
-    encoder = Encoder(spec, "cpu", "float32", tokenizer.pad_id, backend)
-    return finish(encoder(tokenizer.encode(texts)), spec.normalize, None)
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return backbone(tmp_path_factory.mktemp("qwen3"), "qwen3")
 
 
 MODELS = {
@@ -122,6 +121,54 @@ def test_models_match_sentence_transformers_on_both_backends(bert: Path, tmp_pat
     spec = read_model_spec(path)
     assert spec.dimension == expected.shape[1]
     for backend in ("native", "transformers"):
-        got = embed_in_process(path, backend, TEXTS)
+        got, _ = kembed_embeddings(path, TEXTS, backend=backend)
         assert min_cosine(got, expected) >= 0.9999, backend
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=backend)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "weightedmean", "max"])
+def test_prompt_left_out_of_pooling_on_both_backends(bert: Path, tmp_path: Path, pooling: str) -> None:
+    prompts = {"query": "query: ", "long": "represent this sentence for searching relevant passages: "}
+    path = st_model(tmp_path / "model", bert, pooling, include_prompt=False, prompts=prompts)
+    included = st_model(tmp_path / "included", bert, pooling, prompts=prompts)
+    for encode_options in ({"prompt_name": "query"}, {"prompt_name": "long"}, {"prompt": "x y z: "}):
+        expected = reference(path, TEXTS, **encode_options)
+        with_prompt_pooled = reference(included, TEXTS, **encode_options)
+        assert min_cosine(expected, with_prompt_pooled) < 0.999  # the exclusion shows in the vectors
+        for backend in ("native", "transformers"):
+            got, _ = kembed_embeddings(path, TEXTS, backend=backend, **encode_options)
+            assert min_cosine(got, expected) >= 0.9999, (backend, encode_options)
+
+
+def test_xlm_roberta_matches_sentence_transformers_on_both_backends(tmp_path: Path) -> None:
+    path = st_model(tmp_path / "model", backbone(tmp_path / "backbone", "xlm-roberta"), "mean")
+    expected = reference(path, TEXTS)
+    for backend in ("native", "transformers"):
+        got, _ = kembed_embeddings(path, TEXTS, backend=backend)
+        assert min_cosine(got, expected) >= 0.9999, backend
+
+
+@pytest.mark.parametrize("pooling", ["lasttoken", "mean", "weightedmean"])
+def test_qwen3_decoder_matches_sentence_transformers_with_its_left_padding(qwen3: Path, tmp_path: Path,
+                                                                          pooling: str) -> None:
+    """sentence-transformers pads this tokenizer on the left, kembed on the right: the same vectors."""
+    path = st_model(tmp_path / "model", qwen3, pooling, include_prompt=pooling != "lasttoken",
+                    prompts={"query": "Instruct: retrieve\nQuery: "}, dense=[(16, "Identity")])
+    assert read_model_spec(path).dimension == 16
+    for encode_options in ({}, {"prompt_name": "query"}):
+        got, _ = kembed_embeddings(path, TEXTS, **encode_options)
+        assert min_cosine(got, reference(path, TEXTS, **encode_options)) >= 0.9999, encode_options
+
+
+def test_native_backend_refuses_a_decoder(qwen3: Path, tmp_path: Path) -> None:
+    path = st_model(tmp_path / "model", qwen3, "lasttoken")
+    with pytest.raises(ValueError, match="backend 'native' cannot build"):
+        kembed_embeddings(path, TEXTS, backend="native")
+
+
+def test_compare_st_reports_per_text_cosine_and_refusals(bert: Path, tmp_path: Path) -> None:
+    path = st_model(tmp_path / "model", bert, "cls", dense=[(8, "Tanh")])
+    run = subprocess.run([sys.executable, "-m", "bench.compare_st", str(path), "--prompt", "q: "], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "dimension 8: ok" in run.stdout and run.stdout.count("  same  ") == len(TEXTS_OF_COMPARE_ST)
