@@ -26,9 +26,10 @@ INSTRUCTION = {"query": "Instruct: find the passage that answers\nQuery: "}
 
 
 def serve_pair(model_dir: Path, name: str, log_dir: Path) -> tuple[Server, Server]:
+    """float32: exactness is checked here; reduced precision has its own gate (test_runtimes.py)."""
     predictor = start_server(
-        "predictor", ["--model_name", name, "--model_dir", str(model_dir)], log_dir / f"{name}-predictor.log",
-        ready_path=f"/v2/models/{name}/ready",
+        "predictor", ["--model_name", name, "--model_dir", str(model_dir), "--dtype", "float32"],
+        log_dir / f"{name}-predictor.log", ready_path=f"/v2/models/{name}/ready",
     )
     try:
         upstream = f"127.0.0.1:{predictor.http_port}"
