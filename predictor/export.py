@@ -36,7 +36,7 @@ from predictor.precision import GATE_TEXTS, min_cosine
 logger = logging.getLogger("kembed.export")
 
 FP32_MIN_COSINE = 0.99999
-GATE_HELD_OUT = 32
+GATE_HELD_OUT = 64
 BATCH = 16
 
 
