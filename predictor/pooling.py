@@ -18,7 +18,7 @@ Sums accumulate in float32 whatever the model's dtype; the result is float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,14 +33,18 @@ if TYPE_CHECKING:  # torch is imported where a torch path runs: numpy-only runti
 PromptLengths = Sequence[int] | np.ndarray | None
 
 
-def _skips(prompt_lengths: PromptLengths, lengths: np.ndarray, pooling: Pooling) -> np.ndarray:
-    """Leading tokens to leave out per row: the prompt when it is excluded, never the whole row."""
+def _skips(prompt_lengths: PromptLengths, rows: int, lengths: Callable[[], np.ndarray], pooling: Pooling) -> np.ndarray:
+    """Leading tokens to leave out per row: the prompt when it is excluded, never the whole row.
+    ``lengths`` is only called when there is something to leave out (on a GPU it waits for the device)."""
+    skips = np.zeros(rows, dtype=np.int64)
     if pooling.include_prompt or prompt_lengths is None:
-        return np.zeros(len(lengths), dtype=np.int64)
+        return skips
     skips = np.asarray(prompt_lengths, dtype=np.int64).reshape(-1)
-    if len(skips) != len(lengths):
-        raise ValueError(f"{len(skips)} prompt lengths for {len(lengths)} rows")
-    return np.clip(skips, 0, np.maximum(lengths - 1, 0))
+    if len(skips) != rows:
+        raise ValueError(f"{len(skips)} prompt lengths for {rows} rows")
+    if not skips.any():
+        return skips
+    return np.clip(skips, 0, np.maximum(lengths() - 1, 0))
 
 
 # --- torch ------------------------------------------------------------------------------------
@@ -96,8 +100,8 @@ def pool_packed(
     """[T, H] token states of a `packing.PackedBatch` to [B, H x modes] in the caller's row order."""
     import torch
 
-    lengths = batch.lengths.cpu().numpy()
-    skip = torch.from_numpy(_skips(prompt_lengths, lengths, pooling)).to(states.device)
+    skips = _skips(prompt_lengths, batch.rows, lambda: batch.lengths.cpu().numpy(), pooling)
+    skip = torch.from_numpy(skips).to(states.device)
     first = batch.first_token
     return _pool_tokens(
         states, batch.row_of_token, batch.positions, first, first + batch.lengths - 1, None, skip, pooling.modes
@@ -117,7 +121,8 @@ def pool_padded(
     first_position = mask.to(torch.int32).argmax(dim=1)
     last_position = length - 1 - mask.flip(1).to(torch.int32).argmax(dim=1)
     position = torch.arange(length, device=hidden.device).unsqueeze(0) - first_position.unsqueeze(1)
-    skip = torch.from_numpy(_skips(prompt_lengths, lengths.cpu().numpy(), pooling)).to(hidden.device)
+    skips = _skips(prompt_lengths, rows, lambda: lengths.cpu().numpy(), pooling)
+    skip = torch.from_numpy(skips).to(hidden.device)
     return _pool_tokens(
         hidden.reshape(rows * length, width),
         torch.arange(rows, device=hidden.device).repeat_interleave(length),
@@ -142,7 +147,7 @@ def pool_padded_numpy(
     lengths = mask.sum(axis=1)
     first = mask.argmax(axis=1)
     last = length - 1 - mask[:, ::-1].argmax(axis=1)
-    skip = _skips(prompt_lengths, lengths, pooling)
+    skip = _skips(prompt_lengths, rows, lambda: lengths, pooling)
     position = np.arange(length)[None, :] - first[:, None]  # [B, L]
     kept = mask & (position >= skip[:, None])
     every_row = np.arange(rows)

@@ -3,7 +3,6 @@ then whole models (tokenizer, backbone, pooling, Dense, Normalize) against `Sent
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.compare_st import TEXTS as TEXTS_OF_COMPARE_ST
+from bench import compare_st
 from bench.compare_st import kembed_embeddings
-from kembed.launch import ROOT
 from kembed.model_spec import POOLING_MODES, Pooling, read_model_spec
 from predictor.packing import PackedBatch
 from predictor.pooling import pool_packed, pool_padded, pool_padded_numpy
@@ -166,9 +164,18 @@ def test_native_backend_refuses_a_decoder(qwen3: Path, tmp_path: Path) -> None:
         kembed_embeddings(path, TEXTS, backend="native")
 
 
-def test_compare_st_reports_per_text_cosine_and_refusals(bert: Path, tmp_path: Path) -> None:
+def run_compare_st(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["compare_st", *args])
+    with pytest.raises(SystemExit) as exit_status:
+        compare_st.main()
+    return exit_status.value.code, capsys.readouterr().out
+
+
+def test_compare_st_reports_per_text_cosine_and_refusals(bert: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     path = st_model(tmp_path / "model", bert, "cls", dense=[(8, "Tanh")])
-    run = subprocess.run([sys.executable, "-m", "bench.compare_st", str(path), "--prompt", "q: "], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "dimension 8: ok" in run.stdout and run.stdout.count("  same  ") == len(TEXTS_OF_COMPARE_ST)
+    status, out = run_compare_st(monkeypatch, capsys, str(path), "--prompt", "q: ")
+    assert status == 0, out
+    assert "dimension 8: ok" in out and out.count("  same  ") == len(compare_st.TEXTS)
+    (path / "modules.json").write_text((path / "modules.json").read_text().replace("Normalize", "LayerNorm"))
+    status, out = run_compare_st(monkeypatch, capsys, str(path))
+    assert status == 1 and "kembed refuses" in out and "LayerNorm" in out
