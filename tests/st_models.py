@@ -27,12 +27,20 @@ TEXTS = [
 ]
 
 
+DECODERS = ("qwen3", "mistral")
+
+
 def backbone(path: Path, kind: str = "bert", seed: int = 0) -> Path:
-    """A random 2-layer `kind` (bert, xlm-roberta or qwen3) with the bundled tokenizer, saved by transformers.
-    The qwen3 tokenizer appends [SEP] as its EOS and pads on the left, as decoder embedders do."""
+    """A random 2-layer `kind` (bert, xlm-roberta, modernbert, qwen3 or mistral) with the bundled tokenizer,
+    saved by transformers. A decoder's tokenizer appends [SEP] as its EOS and pads on the left, as decoder
+    embedders do."""
     from transformers import (
         BertConfig,
         BertModel,
+        MistralConfig,
+        MistralModel,
+        ModernBertConfig,
+        ModernBertModel,
         PreTrainedTokenizerFast,
         Qwen3Config,
         Qwen3Model,
@@ -51,13 +59,20 @@ def backbone(path: Path, kind: str = "bert", seed: int = 0) -> Path:
     elif kind == "xlm-roberta":
         model = XLMRobertaModel(XLMRobertaConfig(**sizes, num_attention_heads=2, max_position_embeddings=130,
                                                  pad_token_id=0))
+    elif kind == "modernbert":
+        model = ModernBertModel(ModernBertConfig(**sizes, num_attention_heads=2, max_position_embeddings=128,
+                                                 pad_token_id=0, cls_token_id=101, sep_token_id=SEP_ID,
+                                                 global_attn_every_n_layers=2, local_attention=8))
     elif kind == "qwen3":
         model = Qwen3Model(Qwen3Config(**sizes, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                                        max_position_embeddings=256, pad_token_id=0, eos_token_id=SEP_ID))
+    elif kind == "mistral":
+        model = MistralModel(MistralConfig(**sizes, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                           max_position_embeddings=256, pad_token_id=0, eos_token_id=SEP_ID))
     else:
         raise ValueError(kind)
     model.eval().save_pretrained(path)
-    if kind != "qwen3":
+    if kind not in DECODERS:
         for name in TOKENIZER_FILES:
             shutil.copy(source / name, path / name)
         return path

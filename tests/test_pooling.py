@@ -138,12 +138,18 @@ def test_prompt_left_out_of_pooling_on_both_backends(bert: Path, tmp_path: Path,
             assert min_cosine(got, expected) >= 0.9999, (backend, encode_options)
 
 
-def test_xlm_roberta_matches_sentence_transformers_on_both_backends(tmp_path: Path) -> None:
-    path = st_model(tmp_path / "model", backbone(tmp_path / "backbone", "xlm-roberta"), "mean")
-    expected = reference(path, TEXTS)
-    for backend in ("native", "transformers"):
-        got, _ = kembed_embeddings(path, TEXTS, backend=backend)
-        assert min_cosine(got, expected) >= 0.9999, backend
+@pytest.mark.parametrize(("kind", "pooling", "backends"), [
+    ("xlm-roberta", "mean", ("native", "transformers")),
+    ("modernbert", "cls", ("auto",)),  # transformers: not the native BERT family
+    ("mistral", "lasttoken", ("auto",)),
+])
+def test_other_families_match_sentence_transformers(tmp_path: Path, kind: str, pooling: str, backends) -> None:
+    path = st_model(tmp_path / "model", backbone(tmp_path / "backbone", kind), pooling, prompts={"q": "query: "})
+    for encode_options in ({}, {"prompt_name": "q"}):
+        expected = reference(path, TEXTS, **encode_options)
+        for backend in backends:
+            got, _ = kembed_embeddings(path, TEXTS, backend=backend, **encode_options)
+            assert min_cosine(got, expected) >= 0.9999, (backend, encode_options)
 
 
 @pytest.mark.parametrize("pooling", ["lasttoken", "mean", "weightedmean"])
