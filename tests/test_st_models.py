@@ -9,6 +9,7 @@ whole path: prompts by name and raw on V2 text and token inputs, OpenAI, the met
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from kserve import InferenceGRPCClient
 
+from kembed import contract
 from kembed.launch import Server, start_server
 from kembed.model_spec import read_model_spec
 from tests.st_models import TEXTS, backbone, min_cosine, module_types, reference, st_model
@@ -98,6 +101,20 @@ def test_bert_dense_with_prompts_matches_sentence_transformers(bert_dense, case:
         got = vectors(v2(server, "bertdense", TEXTS, **parameters))
         assert min_cosine(got, expected) >= 0.9999, server.url
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_prompt_name_over_grpc(bert_dense) -> None:
+    path, predictor, _ = bert_dense
+
+    async def call() -> np.ndarray:
+        client = InferenceGRPCClient(f"127.0.0.1:{predictor.grpc_port}")
+        try:
+            request = contract.text_request("bertdense", TEXTS, contract.EmbedOptions(prompt_name="doc"))
+            return contract.embeddings_from_response(await client.infer(request))
+        finally:
+            await client.close()
+
+    assert min_cosine(asyncio.run(call()), reference(path, TEXTS, prompt_name="doc")) >= 0.9999
 
 
 def test_prompts_change_the_vectors(bert_dense) -> None:
