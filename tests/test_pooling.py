@@ -3,6 +3,7 @@ then whole models (tokenizer, backbone, pooling, Dense, Normalize) against `Sent
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -162,6 +163,24 @@ def test_qwen3_decoder_matches_sentence_transformers_with_its_left_padding(qwen3
     for encode_options in ({}, {"prompt_name": "query"}):
         got, _ = kembed_embeddings(path, TEXTS, **encode_options)
         assert min_cosine(got, reference(path, TEXTS, **encode_options)) >= 0.9999, encode_options
+
+
+def test_truncation_side_and_lowercasing_come_from_the_model(bert: Path, tmp_path: Path) -> None:
+    """A cased tokenizer with sentence-transformers' do_lower_case, truncating from the left at 12 tokens."""
+    path = st_model(tmp_path / "model", bert, "mean", max_seq_length=12)
+    tokenizer_json = json.loads((path / "tokenizer.json").read_text())
+    tokenizer_json["normalizer"]["lowercase"] = False
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    for name, changes in (("tokenizer_config.json", {"truncation_side": "left"}),
+                          ("sentence_bert_config.json", {"do_lower_case": True})):
+        config = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**config, **changes}))
+    texts = ["The START of a Long Text that ends with THE END", *TEXTS]
+    expected, expected_ids = compare_st.sentence_transformers_embeddings(path, texts)
+    got, ids = kembed_embeddings(path, texts)
+    assert [row.tolist() for row in ids] == expected_ids
+    assert len(expected_ids[0]) == 12 and expected_ids[0][-2] != expected_ids[1][-2]  # cut on the left
+    assert min_cosine(got, expected) >= 0.9999
 
 
 def test_native_backend_refuses_a_decoder(qwen3: Path, tmp_path: Path) -> None:
