@@ -1,4 +1,4 @@
-"""Chunked V2 calls to the InferenceService with kserve's REST client, order kept.
+"""Chunked V2 calls to the InferenceService with the kernel's V2 client, order kept.
 
 One semaphore per process bounds the V2 calls in flight across all events, so a burst of events
 cannot flood the predictor's queue. A failed call is retried here first (`eventing.retry`); what still
@@ -13,14 +13,13 @@ from collections.abc import Sequence
 
 import httpx
 import numpy as np
-from kserve.errors import InvalidInput
-from kserve.inference_client import InferenceRESTClient, RESTConfig
 
 from eventing import metrics
 from eventing.errors import EventFailure, unavailable
 from eventing.retry import with_retries
 from eventing.settings import Settings
-from kembed.contract import EmbedOptions, embeddings_from_response, text_request
+from kembed.client import EmbeddingClient, UpstreamError
+from kembed.contract import EmbedOptions
 
 RETRIED_UPSTREAM = (404, 408, 409)
 
@@ -29,10 +28,14 @@ class Embedder:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.url = settings.inference_url
-        # RESTConfig builds no transport of its own: pass one that retries refused connections once.
-        transport = httpx.AsyncHTTPTransport(retries=1)
-        config = RESTConfig(protocol="v2", timeout=settings.request_timeout_seconds, transport=transport)
-        self.client = InferenceRESTClient(config)
+        # kserve's REST client builds no transport of its own: pass one that retries refused connections once.
+        self.client = EmbeddingClient(
+            settings.inference_url,
+            settings.model_name,
+            timeout_s=settings.request_timeout_seconds,
+            transport=httpx.AsyncHTTPTransport(retries=1),
+            default_retry_after=settings.retry_after_seconds,
+        )
         self.semaphore = asyncio.Semaphore(settings.parallelism)
 
     async def close(self) -> None:
@@ -73,47 +76,27 @@ class Embedder:
     async def _chunk(self, texts: Sequence[str], options: EmbedOptions) -> np.ndarray:
         """One V2 call, tried once. The caller holds the semaphore (not taken here: asyncio's is not
         reentrant) and retries."""
-        name = self.settings.model_name
         started = time.perf_counter()
         try:
-            response = await self.client.infer(self.url, text_request(name, texts, options), model_name=name)
-        except httpx.HTTPStatusError as exc:
-            raise self._status_failure(exc) from exc
-        except httpx.TimeoutException as exc:
-            raise unavailable(
-                f"inference service {self.url} timed out after {self.settings.request_timeout_seconds}s",
-                self.settings.retry_after_seconds,
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise unavailable(
-                f"inference service {self.url} is unreachable: {exc or type(exc).__name__}",
-                self.settings.retry_after_seconds,
-            ) from exc
-        except (ValueError, KeyError, TypeError, IndexError, InvalidInput) as exc:
-            raise bad_upstream(f"inference service {self.url} sent an unreadable V2 response: {exc}") from exc
+            embeddings = await self.client.embed_texts(texts, options)
+        except UpstreamError as exc:
+            raise self._failure(exc) from exc
         metrics.CHUNK_SECONDS.observe(time.perf_counter() - started)
-        try:
-            embeddings = embeddings_from_response(response)
-        except (ValueError, InvalidInput) as exc:
-            raise bad_upstream(f"inference service {self.url} sent no embeddings: {exc}") from exc
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
-            raise bad_upstream(
-                f"inference service {self.url} returned embeddings of shape {list(embeddings.shape)} "
-                f"for {len(texts)} texts"
-            )
         metrics.ITEMS_EMBEDDED.inc(len(texts))
         return embeddings
 
-    def _status_failure(self, exc: httpx.HTTPStatusError) -> EventFailure:
-        """429 stays 429; 5xx and not-found/timeout become 503 (retried); other 4xx are the event's fault."""
-        status = exc.response.status_code
-        retry_after = _retry_after(exc.response) or self.settings.retry_after_seconds
-        message = f"inference service answered {exc}"
-        if status == 429:
+    def _failure(self, exc: UpstreamError) -> EventFailure:
+        """429 stays 429; 5xx, unreachable, timeouts and not-found become 503 (retried); an answer that is
+        no V2 embedding is 502 (retried); other 4xx are the event's fault (400, not retried)."""
+        retry_after = exc.retry_after or self.settings.retry_after_seconds
+        message = f"inference service {self.url}: {exc.message}"
+        if exc.reason == "overloaded":
             return EventFailure(429, "overloaded", message, retry_after)
-        if status >= 500 or status in RETRIED_UPSTREAM:
-            return unavailable(message, retry_after)
-        return EventFailure(400, "rejected", message)
+        if exc.reason == "bad_response":
+            return bad_upstream(message)
+        if exc.reason == "rejected" and exc.status not in RETRIED_UPSTREAM:
+            return EventFailure(400, "rejected", message)
+        return unavailable(message, retry_after)
 
 
 class _Abandoned(Exception):
@@ -123,8 +106,3 @@ class _Abandoned(Exception):
 def bad_upstream(message: str) -> EventFailure:
     """The URL answers, but not as a V2 embedding model: 502, retried (it may be mid-rollout)."""
     return EventFailure(502, "bad_upstream", message)
-
-
-def _retry_after(response: httpx.Response) -> int | None:
-    value = response.headers.get("retry-after", "")
-    return int(value) if value.isdigit() else None

@@ -29,9 +29,7 @@ def main() -> None:
     cli.prepare(args)
     model = EmbeddingModel(args.model_name, settings.from_args(PredictorSettings, args))
     model.load()
-    in_flight = edge.RequestsInFlight()
-    model.batcher.requests_in_flight = in_flight
-    edge.serve(model, args, admission=model.overloaded, in_flight=in_flight)
+    edge.serve(model, args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Dynamic batching: many small requests become few, dense forward passes.
 
 Requests are split into items (one token-id row each) that wait in one bounded queue. One asyncio
-loop forms batches of at most `max_batch_size` items and `max_batch_tokens` tokens, waiting at most
-`max_latency_ms` after the oldest item arrived. A batch is built around the oldest item (so nothing
-starves) from the waiting items nearest to it in length, and an item joins only when that costs
-less than running it in a pass of its own. What a batch costs is the encoder's to say: a padded
-batch (transformers backend) pays rows x longest, so on a CPU mixed lengths can be slower together
-than one by one; a packed batch (native backend) pays its real tokens, so everything joins. A pass
-also has a fixed cost, in token units, measured at warm-up: small on a CPU, large on a GPU.
+loop forms batches of at most `max_batch_size` items and `max_batch_tokens` tokens. A batch is
+built around the oldest item (so nothing starves) from the waiting items nearest to it in length,
+and an item joins only when that costs less than running it in a pass of its own. What a batch
+costs is the encoder's to say: a padded batch (transformers backend) pays rows x longest, so on a
+CPU mixed lengths can be slower together than one by one; a packed batch (native backend) pays its
+real tokens, so everything joins. A pass also has a fixed cost, in token units, measured at
+warm-up: small on a CPU, large on a GPU.
 
 The queue is bounded in items and in time: a request is refused (429) when the work already
 waiting would take longer than `max_queue_seconds` at the measured speed, since a client that
@@ -15,9 +15,9 @@ waits that long has likely given up; work older than `max_wait_seconds` (the cli
 whose caller went away leaves the queue without a pass. On SIGTERM `drain` answers what cannot
 finish within the grace period with 503 at once, instead of letting the server's cancel make a 500.
 
-Forward passes run on one worker thread. While one runs, the queue fills; the next batch is
-chosen from everything waiting the moment the worker is free (`pipeline_depth` 1), or handed to
-it in advance (`pipeline_depth` 2, which hides host-side preparation behind GPU work).
+There is no latency window (as in TEI): forward passes run on one worker thread, and while one
+runs the queue fills; the next batch is chosen from everything waiting the moment the worker is
+free. A lone request never waits for company, and under load the batches fill by themselves.
 """
 
 from __future__ import annotations
@@ -51,18 +51,14 @@ class _Item:
 class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
-    max_latency_ms: float = 5.0
     queue_size: int = 2048
-    pipeline_depth: int = 1
     max_queue_seconds: float = 10.0
     max_wait_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_batch_tokens", "queue_size", "pipeline_depth"):
+        for name in ("max_batch_size", "max_batch_tokens", "queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_latency_ms < 0:
-            raise ValueError("max_latency_ms must not be negative")
         for name in ("max_queue_seconds", "max_wait_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -115,12 +111,7 @@ class Batcher:
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kembed-forward")
-        self._slots = asyncio.Semaphore(limits.pipeline_depth)
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Future[np.ndarray]] = set()
-        self._requests = 0  # embed() calls waiting for their results
-        # The server's embedding requests in flight, when it counts them (http.RequestsInFlight).
-        self.requests_in_flight: Callable[[], int] | None = None
         self._labels = {"model": model_name}
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
         self._inflight = metrics.INFLIGHT.labels(**self._labels)
@@ -159,19 +150,16 @@ class Batcher:
         self._pending.extend(items)
         self._pending_tokens += tokens
         self._queue_depth.set(len(self._pending))
-        self._requests += 1
         self._wakeup.set()
-        try:
-            return np.stack(await asyncio.gather(*(item.future for item in items)))
-        finally:
-            self._requests -= 1
+        return np.stack(await asyncio.gather(*(item.future for item in items)))
 
-    def full(self) -> int | None:
-        """Retry-After seconds when no item fits in the queue now (by count or by expected wait),
-        else None."""
-        if len(self._pending) >= self.limits.queue_size or self.expected_wait() > self.limits.max_queue_seconds:
-            return self._retry_after()
-        return None
+    def admit(self) -> None:
+        """Raises QueueFull while no item fits in the queue (by count or by expected wait); asked
+        before a request is tokenized."""
+        if len(self._pending) >= self.limits.queue_size:
+            raise QueueFull(len(self._pending), self.limits.queue_size, self._retry_after())
+        if (wait := self.expected_wait()) > self.limits.max_queue_seconds:
+            raise QueueFull(len(self._pending), self.limits.max_queue_seconds, self._retry_after(), wait)
 
     def _retry_after(self) -> int:
         """Seconds until what waits now has likely had its pass."""
@@ -225,40 +213,16 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
-            await self._slots.acquire()
-            await self._wait_for_batch()
             self._drop_stale()
             self._shed_past_deadline()
             if not self._pending:
                 self._wakeup.clear()
-                self._slots.release()
                 self._queue_depth.set(0)
                 continue
             batch = self._take_batch()
             future = loop.run_in_executor(self._executor, self._timed_forward, batch)
-            self._running.add(future)
-            future.add_done_callback(lambda done, batch=batch: self._deliver(done, batch))
-
-    async def _wait_for_batch(self) -> None:
-        """Waits until a full batch is waiting or the oldest item's latency window is over, or
-        until no other request is on its way (every request in the server already has its items
-        here: with one client at a time, the window would only add latency)."""
-        window = self.limits.max_latency_ms / 1000
-        while self._pending:
-            if len(self._pending) >= self.limits.max_batch_size:
-                return
-            if self.requests_in_flight is not None and self.requests_in_flight() <= self._requests:
-                return
-            if sum(len(item.ids) for item in self._pending) >= self.limits.max_batch_tokens:
-                return
-            remaining = self._pending[0].enqueued + window - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+            await asyncio.wait((future,))  # while it runs, the queue fills for the next batch
+            self._deliver(future, batch)
 
     def _take_batch(self) -> list[_Item]:
         chosen = select_batch(
@@ -288,8 +252,6 @@ class Batcher:
         return result
 
     def _deliver(self, done: asyncio.Future[np.ndarray], batch: list[_Item]) -> None:
-        self._running.discard(done)
-        self._slots.release()
         self._inflight.dec(len(batch))
         in_batch = set(map(id, batch))
         self._in_pass = [item for item in self._in_pass if id(item) not in in_batch]

@@ -87,9 +87,11 @@ class EmbeddingModel(Model):
         if self.batcher is not None:
             self.batcher.drain(seconds)
 
-    def overloaded(self) -> int | None:
-        """Retry-After seconds while the batcher's queue is full (checked before a request is parsed)."""
-        return self.batcher.full() if self.batcher is not None else None
+    def admit(self) -> None:
+        """Raises QueueFull while the batcher's queue is full; kembed's DataPlane asks before `predict`,
+        so a refused request costs no tokenizing (REST and gRPC alike)."""
+        if self.batcher is not None:
+            self.batcher.admit()
 
     def get_input_types(self) -> list[dict]:
         return contract.input_metadata()

@@ -28,8 +28,6 @@ class PredictorSettings(ServerSettings):
     max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
     max_batch_tokens: int = knob(_LIMITS.max_batch_tokens, "tokens per forward pass (items x longest with the "
                                  "transformers backend, which pads)", unit="tokens")
-    max_latency_ms: float = knob(_LIMITS.max_latency_ms, "longest wait for a batch to fill after its first item "
-                                 "arrived", unit="ms")
     queue_size: int = knob(_LIMITS.queue_size, "items waiting for a forward pass before requests get 429")
     max_queue_seconds: float = knob(_LIMITS.max_queue_seconds, "requests get 429 when the queue's expected wait "
                                     "(its tokens at the measured seconds per token) is longer", unit="s")
@@ -37,17 +35,13 @@ class PredictorSettings(ServerSettings):
                                    "transformer's predictor timeout) is dropped without a pass (503)", unit="s")
     pass_cost_tokens: float = knob(-1.0, "fixed cost of a forward pass in tokens, for length grouping of padded "
                                    "batches (transformers backend); -1 = measure at warm-up", unit="tokens")
-    pipeline_depth: int = knob(_LIMITS.pipeline_depth, "batches handed to the device at once; 2 hides batch "
-                               "preparation behind GPU work")
 
     @property
     def limits(self) -> BatchLimits:
         return BatchLimits(
             max_batch_size=self.max_batch_size,
             max_batch_tokens=self.max_batch_tokens,
-            max_latency_ms=self.max_latency_ms,
             queue_size=self.queue_size,
-            pipeline_depth=self.pipeline_depth,
             max_queue_seconds=self.max_queue_seconds,
             max_wait_seconds=self.max_wait_seconds,
         )

@@ -72,14 +72,14 @@ def test_select_batch_with_a_packed_cost_joins_mixed_lengths_up_to_the_token_bud
 def test_limits_reject_nonsense() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchLimits(max_batch_size=0)
-    with pytest.raises(ValueError, match="max_latency_ms"):
-        BatchLimits(max_latency_ms=-1)
+    with pytest.raises(ValueError, match="queue_size"):
+        BatchLimits(queue_size=0)
 
 
 def test_results_return_in_order_to_their_own_requests_under_concurrency() -> None:
     forward = RecordingForward()
     batcher = Batcher(
-        forward, BatchLimits(max_batch_size=8, max_batch_tokens=4096, max_latency_ms=2), pass_cost_tokens=64
+        forward, BatchLimits(max_batch_size=8, max_batch_tokens=4096), pass_cost_tokens=64
     )
 
     async def run() -> list[tuple[list[np.ndarray], np.ndarray]]:
@@ -103,7 +103,7 @@ def test_results_return_in_order_to_their_own_requests_under_concurrency() -> No
 def test_batches_respect_size_and_token_limits() -> None:
     gate = threading.Event()
     forward = RecordingForward(gate)
-    limits = BatchLimits(max_batch_size=4, max_batch_tokens=120, max_latency_ms=1, pipeline_depth=1)
+    limits = BatchLimits(max_batch_size=4, max_batch_tokens=120)
     batcher = Batcher(forward, limits, pass_cost_tokens=FREE_PASSES)
 
     async def run() -> None:
@@ -126,76 +126,52 @@ def test_batches_respect_size_and_token_limits() -> None:
     assert all(len(set(batch)) == 1 for batch in batches)
 
 
-def test_latency_window_gathers_items_that_arrive_within_it() -> None:
-    forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=300), pass_cost_tokens=FREE_PASSES)
+def test_a_lone_request_does_not_wait_and_items_that_arrive_during_a_pass_share_the_next() -> None:
+    """No latency window: a request alone runs at once; what queues while a pass runs is the next batch."""
+    gate = threading.Event()
+    forward = RecordingForward(gate)
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16), pass_cost_tokens=FREE_PASSES)
 
     async def run() -> None:
-        first = asyncio.ensure_future(batcher.embed([row(1, 5)]))
-        await asyncio.sleep(0.02)
-        second = asyncio.ensure_future(batcher.embed([row(2, 5)]))
-        await asyncio.gather(first, second)
+        gate.set()
+        await asyncio.wait_for(batcher.embed([row(1, 5)]), 10)
+        gate.clear()
+        first = asyncio.ensure_future(batcher.embed([row(2, 6)]))
+        await asyncio.sleep(0.05)  # the worker now holds [6] at the gate
+        later = [asyncio.ensure_future(batcher.embed([row(3 + i, 7)])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 10)
 
     asyncio.run(run())
-    assert forward.batches == [[5, 5]]
-
-
-def test_latency_window_is_skipped_when_no_other_request_is_on_its_way() -> None:
-    """`requests_in_flight` is the server's count of embedding requests (EdgeMiddleware counts them
-    over HTTP; here a plain counter stands in). A request that is counted but not yet queued is on
-    its way, and the batch waits for it; when every counted request is queued, nothing waits."""
-    forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=60_000), pass_cost_tokens=FREE_PASSES)
-    server = {"requests": 0}
-    batcher.requests_in_flight = lambda: server["requests"]
-
-    async def request(first_id: int, length: int, parse_seconds: float = 0.0) -> None:
-        server["requests"] += 1
-        try:
-            await asyncio.sleep(parse_seconds)  # reading and tokenizing the body
-            await batcher.embed([row(first_id, length)])
-        finally:
-            server["requests"] -= 1
-
-    async def run() -> None:
-        # alone: answered at once, not after the 60 s window
-        await asyncio.wait_for(request(1, 5), 10)
-        # a second request is on its way (counted, still parsing): the first waits for it
-        await asyncio.wait_for(asyncio.gather(request(2, 6), request(3, 7, parse_seconds=0.05)), 10)
-
-    asyncio.run(run())
-    assert forward.batches == [[5], [6, 7]]
-
-
-def test_zero_latency_window_does_not_wait_for_more_items() -> None:
-    forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=0))
-
-    async def run() -> None:
-        await batcher.embed([row(1, 5)])
-        await batcher.embed([row(2, 6)])
-
-    asyncio.run(run())
-    assert forward.batches == [[5], [6]]
+    assert forward.batches == [[5], [6], [7, 7, 7]]
 
 
 def test_full_queue_raises_queue_full_with_retry_after() -> None:
-    batcher = Batcher(RecordingForward(), BatchLimits(max_batch_size=64, max_latency_ms=500, queue_size=4))
+    gate = threading.Event()
+    batcher = Batcher(RecordingForward(gate), BatchLimits(max_batch_size=64, queue_size=4))
 
     async def run() -> None:
-        first = asyncio.ensure_future(batcher.embed([row(i, 3) for i in range(4)]))
+        running = asyncio.ensure_future(batcher.embed([row(0, 3)]))
+        await asyncio.sleep(0.05)  # the worker holds the first pass at the gate
+        batcher.admit()  # the queue is empty: admitted
+        queued = asyncio.ensure_future(batcher.embed([row(i, 3) for i in range(4)]))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull) as info:
             await batcher.embed([row(9, 3)])
-        assert info.value.retry_after_s >= 1
-        await first
+        assert info.value.retry_after >= 1 and info.value.status == 429
+        with pytest.raises(QueueFull):
+            batcher.admit()
+        gate.set()
+        await asyncio.gather(running, queued)
+        batcher.admit()
 
     asyncio.run(run())
 
 
 def test_cancelled_request_does_not_break_the_batch() -> None:
     forward = RecordingForward()
-    batcher = Batcher(forward, BatchLimits(max_batch_size=16, max_latency_ms=100))
+    batcher = Batcher(forward, BatchLimits(max_batch_size=16))
 
     async def run() -> np.ndarray:
         gone = asyncio.ensure_future(batcher.embed([row(1, 4)]))
@@ -213,7 +189,7 @@ def test_forward_errors_reach_every_waiting_request() -> None:
     def broken(rows: list[np.ndarray], prompt_lengths: list[int]) -> np.ndarray:
         raise RuntimeError("device lost")
 
-    batcher = Batcher(broken, BatchLimits(max_latency_ms=1))
+    batcher = Batcher(broken, BatchLimits())
 
     async def run() -> None:
         results = await asyncio.gather(batcher.embed([row(1, 3)]), batcher.embed([row(2, 3)]), return_exceptions=True)
@@ -226,7 +202,7 @@ def test_queue_is_bounded_in_expected_wait() -> None:
     """At 10 ms per token and a 1 s bound, 50 tokens may wait but 50 + 60 may not; a lone request
     longer than the bound is still taken when nothing waits."""
     gate = threading.Event()
-    limits = BatchLimits(max_batch_size=1, max_latency_ms=0, max_queue_seconds=1.0)
+    limits = BatchLimits(max_batch_size=1, max_queue_seconds=1.0)
     batcher = Batcher(RecordingForward(gate), limits, seconds_per_token=0.01)
 
     async def run() -> None:
@@ -234,12 +210,13 @@ def test_queue_is_bounded_in_expected_wait() -> None:
         await asyncio.sleep(0.05)  # in its pass (held by the gate), so nothing waits
         waiting = asyncio.ensure_future(batcher.embed([row(1, 50)]))
         await asyncio.sleep(0)
-        assert batcher.full() is None
+        batcher.admit()  # 50 tokens wait: admitted
         with pytest.raises(QueueFull, match="expected wait") as info:
             await batcher.embed([row(2, 60)])
-        assert info.value.retry_after_s >= 1
+        assert info.value.retry_after >= 1
         batcher.last_batch_seconds = 0.6  # the running pass now counts: 0.6 + 0.5 s > 1 s
-        assert batcher.full() is not None
+        with pytest.raises(QueueFull, match="expected wait"):
+            batcher.admit()
         gate.set()
         await asyncio.gather(running, waiting)
 
@@ -249,7 +226,7 @@ def test_queue_is_bounded_in_expected_wait() -> None:
 def test_work_older_than_the_clients_timeout_gets_no_pass() -> None:
     gate = threading.Event()
     forward = RecordingForward(gate)
-    batcher = Batcher(forward, BatchLimits(max_batch_size=1, max_latency_ms=0, max_wait_seconds=0.1))
+    batcher = Batcher(forward, BatchLimits(max_batch_size=1, max_wait_seconds=0.1))
 
     async def run() -> None:
         first = asyncio.ensure_future(batcher.embed([row(0, 4)]))
@@ -270,7 +247,7 @@ def test_drain_answers_what_cannot_finish_in_time_with_unavailable() -> None:
     are refused at once; a pass still running at the deadline is answered then."""
     gate = threading.Event()
     forward = RecordingForward(gate)
-    batcher = Batcher(forward, BatchLimits(max_batch_size=1, max_latency_ms=0), seconds_per_token=0.01)
+    batcher = Batcher(forward, BatchLimits(max_batch_size=1), seconds_per_token=0.01)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

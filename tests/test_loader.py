@@ -86,7 +86,6 @@ def load(path: Path, **overrides: object) -> EmbeddingModel:
         device="cpu",
         dtype="float32",  # compared with fp32 references to 1e-4; reduced precision: test_runtimes.py
         threads=1,
-        max_latency_ms=0,
         max_batch_tokens=1024,
         **overrides,
     )

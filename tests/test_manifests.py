@@ -17,25 +17,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
+from tests.crd_schemas import CRD_FILES, schema_errors
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
-CRDS = Path(__file__).resolve().parent / "crds"
 PACKAGE = ROOT / "inferenceservices"
 OVERLAYS = ["overlays/cpu", "overlays/gpu", "overlays/canary/v1", "overlays/canary", "overlays/raw-keda"]
 EXAMPLES = ["examples/networkpolicy", "examples/monitoring-release"]
-KUBERNETES_VERSION = "1.35.0"  # the kubectl that renders them
-CRD_FILES = {
-    ("serving.kserve.io/v1beta1", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
-    ("serving.knative.dev/v1", "Service"): "serving.knative.dev_services.yaml",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
-    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
-}
 COMPONENTS = ("predictor", "transformer")
 
 
@@ -75,57 +66,7 @@ def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> d
     return env
 
 
-# --- schemas -----------------------------------------------------------------------------------------
-
-
-def strict(node: Any) -> Any:
-    """Makes a CRD schema behave like the API server with strict field validation (see tests/crds/README.md)."""
-    if isinstance(node, list):
-        return [strict(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    node = {key: strict(value) for key, value in node.items()}
-    if node.get("x-kubernetes-int-or-string") and "anyOf" not in node and "type" not in node:
-        node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if node.get("pattern") == "^(?i)(abort|warn)?$":  # Go regex; Python wants the flag first
-        node["pattern"] = "(?i)^(abort|warn)?$"
-    if "properties" in node and "additionalProperties" not in node and not node.get(
-        "x-kubernetes-preserve-unknown-fields"
-    ):
-        node["additionalProperties"] = False
-    return node
-
-
-@functools.cache
-def validator(api_version: str, kind: str) -> jsonschema.Draft7Validator:
-    crd = yaml.load((CRDS / CRD_FILES[(api_version, kind)]).read_text(), Loader=yaml.CSafeLoader)
-    (version,) = crd["spec"]["versions"]
-    assert f"{crd['spec']['group']}/{version['name']}" == api_version and crd["spec"]["names"]["kind"] == kind
-    schema = strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"].update({"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                 "metadata": {"type": "object"}})
-    jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
-
-
-def drop_nulls(node: Any) -> Any:
-    """The API server drops null fields before validation; jsonschema would report them."""
-    if isinstance(node, dict):
-        return {key: drop_nulls(value) for key, value in node.items() if value is not None}
-    if isinstance(node, list):
-        return [drop_nulls(item) for item in node]
-    return node
-
-
-def schema_errors(obj: dict[str, Any]) -> list[str]:
-    if (obj["apiVersion"], obj["kind"]) in CRD_FILES:
-        errors = validator(obj["apiVersion"], obj["kind"]).iter_errors(drop_nulls(obj))
-        return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors]
-    try:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        return [str(exc)]
-    return []
+# --- schemas (one validator for every manifest test: tests/crd_schemas.py) ----------------------------
 
 
 @pytest.mark.parametrize("directory", OVERLAYS + EXAMPLES)

@@ -281,7 +281,7 @@ def test_bad_v2_payloads_are_400_naming_the_field(transformers, body, field):
     response = httpx.post(url + INFER, json=body)
     assert response.status_code == 400, response.text
     assert field in response.json()["error"]
-    assert metric(url, "kembed_requests_total") == before + 1  # kembed.edge's middleware counts it
+    assert metric(url, "kembed_requests_total") == before + 1  # counted by the DataPlane (protocol="rest")
 
 
 def test_predictor_400_is_passed_through(transformers):

@@ -12,9 +12,9 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 from kserve.errors import InvalidInput
 
+from kembed import client as upstream
 from kembed.cli import bundled_model_dir
 from kembed.tokenization import TextTokenizer
-from transformer import upstream
 from transformer.lru import ByteBoundedLRU
 from transformer.tokens import CachingTokenizer
 
@@ -80,10 +80,10 @@ def _status_error(status: int, body: dict, headers: dict | None = None) -> httpx
 
 def test_predictor_http_errors_map_to_client_statuses():
     bad = upstream.from_http(_status_error(400, {"error": "input 'input_ids' has 300 items"}), "p:80")
-    assert (bad.status, bad.message, bad.status_code) == (400, "input 'input_ids' has 300 items",
-                                                          grpc.StatusCode.INVALID_ARGUMENT)
+    assert (bad.status, bad.message, bad.grpc_code) == (400, "input 'input_ids' has 300 items",
+                                                        grpc.StatusCode.INVALID_ARGUMENT)
     full = upstream.from_http(_status_error(429, {"error": "queue full"}, {"Retry-After": "3"}), "p:80")
-    assert (full.status, full.retry_after, full.status_code) == (429, "3", grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert (full.status, full.retry_after, full.grpc_code) == (429, 3, grpc.StatusCode.RESOURCE_EXHAUSTED)
     not_ready = upstream.from_http(_status_error(503, {"error": "Model with name m is not ready."}), "p:80")
     assert not_ready.status == 503 and "p:80" in not_ready.message
     broken = upstream.from_http(_status_error(500, {"error": "boom"}), "p:80")
@@ -91,7 +91,7 @@ def test_predictor_http_errors_map_to_client_statuses():
     down = upstream.from_http(httpx.ConnectError("connection refused"), "p:80")
     assert down.status == 503 and "p:80" in down.message
     slow = upstream.from_http(httpx.ReadTimeout("timed out"), "p:80")
-    assert slow.status == 504 and slow.status_code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert slow.status == 504 and slow.grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @pytest.mark.parametrize(
@@ -105,8 +105,10 @@ def test_predictor_http_errors_map_to_client_statuses():
     ],
 )
 def test_predictor_grpc_errors_map_to_client_statuses(code, status):
-    error = upstream.from_grpc(AioRpcError(code, Metadata(), Metadata(), details="why"), "p:81")
+    error = upstream.from_grpc(AioRpcError(code, Metadata(), Metadata(("retry-after", "7")), details="why"), "p:81")
     assert error.status == status
+    if status in (429, 503):
+        assert error.retry_after == 7  # kembed's retry-after trailing metadata
     assert "why" in error.message
     if status >= 500:
         assert "p:81" in error.message

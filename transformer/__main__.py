@@ -33,10 +33,9 @@ def main() -> None:
     from kserve.predictor_config import PredictorConfig
 
     from kembed import cli, edge, settings
-    from transformer import openai_api, upstream
-    from transformer.model import EmbeddingTransformer
+    from transformer import openai_api
+    from transformer.model import EmbeddingTransformer, predictor_client
     from transformer.settings import TransformerSettings
-    from transformer.upstream import PredictorError
 
     parser = build_parser()
     args, _ = parser.parse_known_args()
@@ -45,15 +44,6 @@ def main() -> None:
         parser.error("--predictor_host (or KEMBED_PREDICTOR_HOST) is required: host:port of the predictor")
     if args.predictor_protocol == "v1":
         parser.error("--predictor_protocol v1 is not supported: the predictor speaks V2 (v2 or grpc-v2)")
-    model = EmbeddingTransformer(args.model_name, settings.from_args(TransformerSettings, args))
-    model.load()
-    app = model_server.app
-    app.add_exception_handler(PredictorError, upstream.predictor_error_handler)
-    openai_api.install(app, model)
-    logger.info(
-        "forwarding to predictor %s over %s (timeout %ss, binary=%s)", args.predictor_host,
-        args.predictor_protocol, args.predictor_request_timeout_seconds, model.settings.predictor_binary,
-    )
     # kserve builds its PredictorConfig from its own parse of argv (kserve's defaults); ours comes
     # from this parser, so the v2 and timeout defaults and the KEMBED_* variables apply.
     config = PredictorConfig(
@@ -63,6 +53,15 @@ def main() -> None:
         predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
         predictor_request_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
+    )
+    transformer_settings = settings.from_args(TransformerSettings, args)
+    client = predictor_client(args.model_name, config, transformer_settings.predictor_binary)
+    model = EmbeddingTransformer(args.model_name, transformer_settings, client)
+    model.load()
+    openai_api.install(model_server.app, model)
+    logger.info(
+        "forwarding to predictor %s over %s (timeout %ss, binary=%s)", args.predictor_host,
+        args.predictor_protocol, args.predictor_request_timeout_seconds, model.settings.predictor_binary,
     )
     edge.serve(model, args, config)
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the transformer, served on kserve's `/metrics` (default registry).
 
-The request counters and latency histogram come from `kembed.metrics` through
-`kembed.edge`'s middleware, so a dashboard reads both components with the same queries.
+The request counters and latency histogram come from `kembed.metrics`, recorded by the shared edge
+(kembed.edge's DataPlane, and the OpenAI route), so a dashboard reads both components with the same queries.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The whole request is handled in `predict()` rather than split over preprocess/postprocess:
 with the embedding cache on, some or all texts never reach the predictor, which kserve's
-preprocess -> predict -> postprocess chain cannot express. The hop itself is kserve's own
-`Model.predict` (its REST or gRPC V2 client, from `--predictor_host`/`--predictor_protocol`).
+preprocess -> predict -> postprocess chain cannot express. The hop is the kernel's V2 client
+(`kembed.client`: kserve's REST or gRPC client, from `--predictor_host`/`--predictor_protocol`), whose
+`UpstreamError` already carries the status, gRPC code and Retry-After the client should get.
 """
 
 from __future__ import annotations
@@ -13,19 +14,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import grpc
-import httpx
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.model import append_forwardable_headers
+from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kembed import contract
+from kembed.client import GRPC, REST, EmbeddingClient
 from kembed.contract import EmbedOptions
 from kembed.model_spec import ModelSpec, read_model_spec
 from kembed.tokenization import TextTokenizer, pad_batch
-from transformer import metrics, upstream
+from transformer import metrics
 from transformer.embedding_cache import EmbeddingCache
 from transformer.settings import TransformerSettings
 from transformer.tokens import CachingTokenizer
@@ -40,10 +41,25 @@ class Embedded:
     token_counts: list[int]
 
 
+def predictor_client(model_name: str, config: PredictorConfig, binary: bool) -> EmbeddingClient:
+    """The V2 client for the predictor kserve's flags (or KEMBED_* variables) point at."""
+    grpc_hop = config.protocol == "grpc-v2"
+    return EmbeddingClient(
+        config.predictor_host if grpc_hop else config.predictor_base_url,
+        model_name,
+        protocol=GRPC if grpc_hop else REST,
+        timeout_s=config.timeout,
+        retries=config.retries,
+        binary=binary,
+        use_ssl=config.use_ssl,
+    )
+
+
 class EmbeddingTransformer(Model):
-    def __init__(self, name: str, settings: TransformerSettings):
+    def __init__(self, name: str, settings: TransformerSettings, client: EmbeddingClient | None = None):
         super().__init__(name)
         self.settings = settings
+        self.client = client
         self.spec: ModelSpec | None = None
         self.tokens: CachingTokenizer | None = None
         self.embedding_cache: EmbeddingCache | None = None
@@ -129,8 +145,7 @@ class EmbeddingTransformer(Model):
             missing = list(first_index)
             rows = await self.tokens.encode(missing, field, positions=list(first_index.values()), prompt=prompt)
             ids, mask = pad_batch(rows, self.tokens.pad_id)
-            request = contract.token_request(self.name, ids, mask, options, binary=self.settings.predictor_binary)
-            embeddings = await self._forward(request, headers, len(rows))
+            embeddings = await self._forward(ids, mask, options, headers)
             for text, row, vector in zip(missing, rows, embeddings, strict=True):
                 vectors[text] = vector
                 counts[text] = len(row)
@@ -148,45 +163,16 @@ class EmbeddingTransformer(Model):
                 token_counts.append(entry.tokens)
         return Embedded(out, token_counts)
 
-    async def _http_predict(
-        self,
-        payload: InferRequest | dict,
-        headers: dict[str, str] | None = None,
-        response_headers: dict[str, str] | None = None,
-    ) -> InferResponse | dict:
-        """kserve 0.21's version always adds `Content-Type: application/json`, next to the
-        `application/octet-stream` its client sets for binary tensor data; the predictor then
-        tries to parse the binary body as JSON (400). Without it the client sets the right one."""
-        config = self.predictor_config
-        assert config is not None
-        return await self._http_client.infer(
-            config.predictor_base_url,
-            model_name=self.name,
-            data=payload,
-            headers=append_forwardable_headers(headers),
-            response_headers=response_headers,
-        )
-
-    async def _forward(self, request: InferRequest, headers: dict[str, str] | None, expected: int) -> np.ndarray:
-        """One V2 call to the predictor through kserve's client; failures become PredictorError."""
-        config = self.predictor_config
-        host = config.predictor_host if config else "(no --predictor_host)"
-        protocol = config.protocol if config else "unset"
+    async def _forward(
+        self, ids: np.ndarray, mask: np.ndarray, options: EmbedOptions, headers: dict[str, str] | None
+    ) -> np.ndarray:
+        """One V2 call to the predictor; failures are the client's `UpstreamError`."""
+        if self.client is None:
+            raise RuntimeError("the transformer has no predictor client (--predictor_host)")
         started = time.perf_counter()
         try:
-            response = await super().predict(request, headers)
-        except httpx.HTTPError as exc:
-            raise upstream.from_http(exc, host) from exc
-        except grpc.RpcError as exc:
-            raise upstream.from_grpc(exc, host) from exc
+            return await self.client.embed_tokens(ids, mask, options, append_forwardable_headers(headers))
         finally:
-            metrics.PREDICTOR_SECONDS.labels(model=self.name, protocol=protocol).observe(time.perf_counter() - started)
-        try:
-            embeddings = contract.embeddings_from_response(response)
-        except InvalidInput as exc:
-            raise upstream.PredictorError(502, f"predictor {host} answered without embeddings: {exc}") from exc
-        if embeddings.ndim != 2 or embeddings.shape[0] != expected:
-            raise upstream.PredictorError(
-                502, f"predictor {host} answered {list(embeddings.shape)} embeddings for {expected} texts"
+            metrics.PREDICTOR_SECONDS.labels(model=self.name, protocol=self.client.protocol).observe(
+                time.perf_counter() - started
             )
-        return embeddings

@@ -11,6 +11,7 @@ would return a wrong vector with status 200.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from dataclasses import replace
 from typing import Any, Literal
@@ -22,12 +23,14 @@ from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from kembed import contract
+from kembed.client import UpstreamError
 from kembed.disconnect import CLIENT_CLOSED, ClientGone, unless_disconnected
 from kembed.errors import openai_error_type
+from kembed.metrics import OPENAI, Accounting
 from transformer.model import EmbeddingTransformer
-from transformer.upstream import PredictorError
 
 PREFIXES = ("/v1", "/openai/v1")
+logger = logging.getLogger("kembed.transformer")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 TOKEN_ARRAYS = (
     "'input' as token arrays is not supported: this server tokenizes text with its model's own tokenizer, "
@@ -50,7 +53,7 @@ class EmbeddingsRequest(BaseModel):
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 retry_after: str | None = None):
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -61,8 +64,8 @@ class OpenAIError(Exception):
     def response(self, headers: dict[str, str] | None = None) -> Response:
         error = {"message": self.message, "type": openai_error_type(self.status), "param": self.param,
                  "code": self.code}
-        if self.retry_after:
-            headers = {**(headers or {}), "Retry-After": self.retry_after}
+        if self.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": str(self.retry_after)}
         return json_response({"error": error}, self.status, headers)
 
 
@@ -108,13 +111,21 @@ def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str
 
 
 async def create_embeddings(model: EmbeddingTransformer, http_request: Request) -> Response:
+    """`POST /v1/embeddings`, counted as protocol "openai" by the edge's accounting."""
+    with Accounting(model.name, OPENAI) as accounting:
+        response = await _create_embeddings(model, http_request)
+        accounting.status = response.status_code
+        return response
+
+
+async def _create_embeddings(model: EmbeddingTransformer, http_request: Request) -> Response:
     try:
         request = parse_request(await http_request.body(), model.settings.max_items_per_request)
         if request.model != model.name:
             raise OpenAIError(404, f"The model '{request.model}' does not exist; this server serves "
                               f"'{model.name}'", "model", "model_not_found")
         if not model.ready or model.spec is None:
-            raise OpenAIError(503, f"model '{model.name}' is not ready", None, "model_not_ready", "1")
+            raise OpenAIError(503, f"model '{model.name}' is not ready", None, "model_not_ready", 1)
         texts = request.input if isinstance(request.input, list) else [request.input]
         try:
             options = contract.parse_options(
@@ -134,9 +145,10 @@ async def create_embeddings(model: EmbeddingTransformer, http_request: Request) 
             )
         except InvalidInput as exc:
             raise OpenAIError(400, str(exc), "input", "invalid_value") from None
-        except PredictorError as exc:
+        except UpstreamError as exc:
             raise OpenAIError(exc.status, exc.message, None, f"predictor_{exc.status}", exc.retry_after) from None
     except OpenAIError as exc:
+        (logger.error if exc.status >= 500 else logger.info)("%d %s: %s", exc.status, exc.code, exc.message)
         return exc.response()
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
