@@ -45,6 +45,11 @@ class ServerSettings:
                                unit="bytes")
     grace_period_seconds: int = knob(30, "on SIGTERM, how long to finish requests in flight before exiting",
                                      unit="s")
+    header_timeout_seconds: float = knob(10.0, "a request line and headers not received within this (from the "
+                                         "connection or the request's first byte) get 408 and the connection is "
+                                         "closed", unit="s")
+    body_timeout_seconds: float = knob(30.0, "a request body not received within this after its headers gets 408",
+                                       unit="s")
     enable_model_repository: bool = knob(
         False, "serve KServe's model-repository extension (load/unload over REST and gRPC); off, no client can "
         "unload the model"

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 
 T = TypeVar("T")
 
@@ -37,3 +37,9 @@ async def unless_disconnected(work: Awaitable[T], request: Request) -> T:
 async def _disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def client_disconnect_handler(_: Request, exc: Exception) -> Response:
+    """Starlette's ClientDisconnect (the client went away mid-body, or its body timed out): not a
+    server fault, and nobody reads this answer."""
+    return Response(status_code=CLIENT_CLOSED)

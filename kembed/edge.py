@@ -19,12 +19,15 @@ from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, Predicto
 from kserve.errors import InvalidInput
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferRequest
+from starlette.requests import ClientDisconnect
 
 from kembed import contract, transport
+from kembed.disconnect import client_disconnect_handler
 from kembed.errors import status_of
 from kembed.grpc_server import GRPCServer
 from kembed.health import ServingHealth
 from kembed.metrics import GRPC, REST, Accounting, record
+from kembed.read_timeouts import timed_protocol
 from kembed.repository import ClosedRepository, RepositoryDisabled, repository_disabled_handler
 from kembed.shutdown import drain_on_sigterm
 
@@ -99,8 +102,10 @@ class EdgeModelServer(ModelServer):
     """kserve's ModelServer with kembed's DataPlane, and kembed's gRPC server in place of kserve's
     (whose interceptors are fixed; see `kembed.grpc_server`)."""
 
-    def __init__(self, *, grpc_port: int, enable_grpc: bool, grpc_options: list[tuple[str, Any]], **kwargs: Any):
+    def __init__(self, *, grpc_port: int, enable_grpc: bool, grpc_options: list[tuple[str, Any]],
+                 http_protocol: type | None = None, **kwargs: Any):
         super().__init__(grpc_port=grpc_port, enable_grpc=False, **kwargs)
+        self.http_protocol = http_protocol
         self.dataplane = EdgeDataPlane(self.registered_models)
         self.kembed_grpc = (grpc_port, grpc_options) if enable_grpc else None
         self.grpc_server: GRPCServer | None = None
@@ -112,6 +117,13 @@ class EdgeModelServer(ModelServer):
                                           options)
             self.servers.append(self.grpc_server.start(self.max_threads))
         super().start(models)
+
+    def setup_event_loop(self) -> None:
+        """kserve builds its uvicorn config in start() and serves right after this: the place to
+        put kembed's read timeouts (`kembed.read_timeouts`) on it; kserve exposes only keep-alive."""
+        super().setup_event_loop()
+        if self.http_protocol is not None and self._rest_server is not None:
+            self._rest_server.config.http = self.http_protocol
 
     def stop(self, sig: int) -> None:
         super().stop(sig)
@@ -140,8 +152,10 @@ def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorCon
         grace_period=args.grace_period_seconds,
         enable_latency_logging=args.enable_latency_logging or args.latency_logging,
         predictor_config=predictor_config,
+        http_protocol=timed_protocol(args.header_timeout_seconds, args.body_timeout_seconds),
     )
     transport.install(model_server.app, model.name, args.max_body_bytes, server.dataplane)
+    model_server.app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     if callable(drain := getattr(model, "drain", None)):
         drain_on_sigterm(model_server.app, drain, args.grace_period_seconds)
     if not args.enable_model_repository:

@@ -23,10 +23,12 @@ def main() -> None:
     gc.disable()
     from kembed import cli, edge, settings
     from predictor.model import EmbeddingModel
+    from predictor.resources import bound_onednn_cache
     from predictor.settings import PredictorSettings
 
     args, _ = build_parser().parse_known_args()
     cli.prepare(args)
+    bound_onednn_cache(args.onednn_cache_capacity)  # before load() imports torch
     model = EmbeddingModel(args.model_name, settings.from_args(PredictorSettings, args))
     model.load()
     edge.serve(model, args)

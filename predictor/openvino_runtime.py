@@ -26,6 +26,7 @@ from kembed.tokenization import pad_batch
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
 from predictor.precision import min_cosine, passes_gate, synthetic_gate_rows
+from predictor.resources import onednn_cache_capacity
 from predictor.runtime import Runtime
 
 logger = logging.getLogger("kembed.predictor")
@@ -120,6 +121,8 @@ class OpenVINORuntime(Runtime):
             "INFERENCE_NUM_THREADS": self.threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
+            # a compiled kernel per input shape, 5000 by default: bounded like torch's oneDNN cache
+            "CPU_RUNTIME_CACHE_CAPACITY": onednn_cache_capacity(),
         })
         return compiled.create_infer_request()
 

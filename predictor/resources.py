@@ -6,6 +6,29 @@ import math
 import os
 from pathlib import Path
 
+ONEDNN_CACHE_VARIABLE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def bound_onednn_cache(capacity: int) -> None:
+    """oneDNN (torch's CPU kernels) caches a primitive per op shape, each with its own reordered
+    weights (megabytes); packed or padded batches make new shapes on most passes, so its default
+    1024 entries grew the predictor by over a gigabyte. A few dozen keep repeated shapes fast. Read
+    once, when torch loads: set it before."""
+    import sys
+
+    if "torch" in sys.modules:
+        raise RuntimeError(f"{ONEDNN_CACHE_VARIABLE} must be set before torch is imported")
+    os.environ[ONEDNN_CACHE_VARIABLE] = str(capacity)
+
+
+def onednn_cache_capacity(default: int = 32) -> int:
+    """The bound set by `bound_onednn_cache` (the same bound for OpenVINO's CPU kernel cache)."""
+    try:
+        return int(os.environ.get(ONEDNN_CACHE_VARIABLE, default))
+    except ValueError:
+        return default
+
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")

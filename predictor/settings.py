@@ -25,6 +25,9 @@ class PredictorSettings(ServerSettings):
     pooling: str = knob("auto", "auto (the model's sentence-transformers Pooling) | cls | mean | max | "
                         "mean_sqrt_len_tokens | weightedmean | lasttoken (several joined by '+')")
     threads: int = knob(0, "CPU threads (torch or OpenVINO); 0 = fit the container's CPU quota")
+    onednn_cache_capacity: int = knob(32, "oneDNN primitive cache entries (torch's ONEDNN_PRIMITIVE_CACHE_CAPACITY, "
+                                      "OpenVINO's CPU_RUNTIME_CACHE_CAPACITY): each new batch shape adds one with its "
+                                      "own weight copy; bounded, memory stays flat")
     max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
     max_batch_tokens: int = knob(_LIMITS.max_batch_tokens, "tokens per forward pass (items x longest with the "
                                  "transformers backend, which pads)", unit="tokens")

@@ -9,7 +9,7 @@ import pytest
 
 from bench import predictor_flags
 
-BENCHES = ["bench.predictor", "bench.transformer", "bench.cold_start", "bench.overload"]
+BENCHES = ["bench.predictor", "bench.transformer", "bench.cold_start", "bench.overload", "bench.soak"]
 
 
 @pytest.mark.parametrize("name", BENCHES)

@@ -173,3 +173,42 @@ def test_a_clients_mistake_is_a_4xx_that_says_what(which: str, mistake: tuple, r
     response = httpx.request(method, server.url + path, timeout=30, **keywords)
     assert response.status_code == status, response.text
     assert words in response.text
+
+
+def test_half_sent_requests_are_answered_408_and_closed(predictor: Server, tmp_path: Path) -> None:
+    server = start_server(
+        "transformer",
+        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}",
+         "--header_timeout_seconds", "1", "--body_timeout_seconds", "1"],
+        tmp_path / "t.log", ready_path=READY,
+    )
+
+    def answer(parts: list[bytes]) -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+            sock.settimeout(15)
+            started = time.monotonic()
+            for part in parts:
+                sock.sendall(part)
+            received = b""
+            while chunk := sock.recv(4096):  # until the server closes the connection
+                received += chunk
+            return received, time.monotonic() - started
+
+    try:
+        silent, seconds = answer([])
+        assert seconds < 5  # a connection that never sends is closed too
+        head, seconds = answer([f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Ty".encode()])
+        assert head.startswith(b"HTTP/1.1 408") and b"headers" in head and seconds < 5, head
+        body = orjson.dumps(v2_body(["never finished"]))
+        partial, seconds = answer([
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10]
+        ])
+        assert partial.startswith(b"HTTP/1.1 408") and b"body" in partial and seconds < 5, partial
+        # keep-alive: a whole request is answered, then the next half-sent one times out
+        whole = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        both, _ = answer([f"{whole}\r\n\r\n".encode() + body + b"POST /v2 HTTP/1.1\r\nHo"])
+        assert both.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in both, both[:300]
+        assert httpx.post(server.url + INFER, json=v2_body(["still serving"]), timeout=30).status_code == 200
+    finally:
+        server.stop()
