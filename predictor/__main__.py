@@ -23,12 +23,13 @@ def main() -> None:
     gc.disable()
     from kembed import cli, edge, settings
     from predictor.model import EmbeddingModel
-    from predictor.resources import bound_onednn_cache
+    from predictor.resources import bound_onednn_cache, fix_mmap_threshold
     from predictor.settings import PredictorSettings
 
     args, _ = build_parser().parse_known_args()
     cli.prepare(args)
     bound_onednn_cache(args.onednn_cache_capacity)  # before load() imports torch
+    fix_mmap_threshold(args.mmap_threshold_bytes)
     model = EmbeddingModel(args.model_name, settings.from_args(PredictorSettings, args))
     model.load()
     edge.serve(model, args)

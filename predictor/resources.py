@@ -21,6 +21,26 @@ def bound_onednn_cache(capacity: int) -> None:
     os.environ[ONEDNN_CACHE_VARIABLE] = str(capacity)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fix_mmap_threshold(threshold_bytes: int) -> bool:
+    """Serves allocations over `threshold_bytes` from their own mappings, returned on free. glibc
+    otherwise raises its threshold after the first large free (up to 32 MiB), so every batch's
+    activations of a new size land in the heap, which fragments and grows pass after pass. 0 keeps
+    glibc's dynamic threshold. Returns whether it was set (glibc only)."""
+    if threshold_bytes <= 0:
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes))
+    except (OSError, AttributeError):
+        return False
+
+
 def onednn_cache_capacity(default: int = 32) -> int:
     """The bound set by `bound_onednn_cache` (the same bound for OpenVINO's CPU kernel cache)."""
     try:

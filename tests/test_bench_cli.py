@@ -9,7 +9,8 @@ import pytest
 
 from bench import predictor_flags
 
-BENCHES = ["bench.predictor", "bench.transformer", "bench.cold_start", "bench.overload", "bench.soak"]
+BENCHES = ["bench.predictor", "bench.transformer", "bench.cold_start", "bench.overload", "bench.soak",
+           "bench.schema_fuzz"]
 
 
 @pytest.mark.parametrize("name", BENCHES)

@@ -195,7 +195,7 @@ def test_half_sent_requests_are_answered_408_and_closed(predictor: Server, tmp_p
             return received, time.monotonic() - started
 
     try:
-        silent, seconds = answer([])
+        _, seconds = answer([])
         assert seconds < 5  # a connection that never sends is closed too
         head, seconds = answer([f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Ty".encode()])
         assert head.startswith(b"HTTP/1.1 408") and b"headers" in head and seconds < 5, head
