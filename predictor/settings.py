@@ -28,7 +28,7 @@ class PredictorSettings(ServerSettings):
     onednn_cache_capacity: int = knob(32, "oneDNN primitive cache entries (torch's ONEDNN_PRIMITIVE_CACHE_CAPACITY, "
                                       "OpenVINO's CPU_RUNTIME_CACHE_CAPACITY): each new batch shape adds one with its "
                                       "own weight copy; bounded, memory stays flat")
-    mmap_threshold_bytes: int = knob(128 * 1024, "allocations over this get their own memory mapping (glibc "
+    mmap_threshold_bytes: int = knob(1024 * 1024, "allocations over this get their own memory mapping (glibc "
                                      "mallopt M_MMAP_THRESHOLD), so varying batch shapes do not fragment and grow "
                                      "the heap; 0 = glibc's dynamic threshold", unit="bytes")
     max_batch_size: int = knob(_LIMITS.max_batch_size, "items per forward pass")
