@@ -30,9 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fuzz(url: str, max_examples: int, seed: int) -> int:
+def fuzz(url: str, max_examples: int, seed: int, root: Path) -> int:
+    # Requests name the served model, so that they reach the model, not only its 404.
+    config = root / "schemathesis.toml"
+    config.write_text(f'[parameters]\n"path.model_name" = "{MODEL}"\n')
     command = [
-        str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json", "--url", url,
+        str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(config), "run",
+        f"{url}/openapi.json", "--url", url,
         "--checks", "not_a_server_error", "--max-examples", str(max_examples), "--seed", str(seed),
         "--continue-on-failure", "--request-timeout", "30",
     ]
@@ -50,7 +54,7 @@ def main() -> None:
             root / "transformer.log", ready_path=f"/v2/models/{MODEL}/ready",
         )
         try:
-            codes = {name: fuzz(server.url, args.max_examples, args.seed)
+            codes = {name: fuzz(server.url, args.max_examples, args.seed, root)
                      for name, server in (("predictor", predictor), ("transformer", transformer))}
         finally:
             transformer.stop()
