@@ -205,8 +205,8 @@ def test_python_version_is_checked_before_anything_is_installed():
     assert proc.returncode == 1 and proc.stdout == "", proc.stdout  # no pip command was even printed
     assert "kembed needs Python 3.11, 3.12 or 3.13" in proc.stderr
     make = subprocess.run(
-        ["make", "-n", "-B", "setup", "VENV=/tmp/venv-never-made"], cwd=ROOT, capture_output=True, text=True,
-        timeout=30, check=True,
+        ["make", "--no-print-directory", "-n", "-B", "setup", "VENV=/tmp/venv-never-made"], cwd=ROOT,
+        capture_output=True, text=True, timeout=30, check=True,
     ).stdout.splitlines()
     assert "--check-python" in make[0] and "-m venv" in make[1], make
 

@@ -195,7 +195,6 @@ def test_servers_are_wired_as_kserve_expects(directory):
     assert predictor["readinessProbe"]["httpGet"]["path"] == "/v2/models/minilm/ready"
     assert predictor["name"] == transformer["name"] == "kserve-container"  # where KServe looks for STORAGE_URI
     env = container_env(objects, predictor)
-    assert int(env["KEMBED_WORKERS"]) == 1
     assert int(env["KEMBED_MAX_BATCH_TOKENS"]) >= int(env["KEMBED_MAX_BATCH_SIZE"])
     if "STORAGE_URI" in env:
         assert env["KEMBED_MODEL_DIR"] == "/mnt/models"
