@@ -4,7 +4,7 @@
         [--batch_sizes 16,32,64] [--backend auto] [--dtype auto] [--model_dir auto] [-- extra predictor flags]
 
 First, in this process, every runtime this machine has (transformers fp32, native fp32/bf16, OpenVINO
-fp32/bf16/int8 where the model dir has the IRs; `make setup` exports them to .cache/models) embeds the
+fp32/bf16 where the model dir has the IR; `make setup` exports them to .cache/models) embeds the
 same corpus in length-sorted batches of the best size: texts/s and min cosine to transformers fp32 (what
 sentence-transformers computes). Then the predictor serves the corpus with `--backend/--dtype` at
 concurrency 1, 8, 16 and 32 (1 text per request, then 32 per request). `--model_dir auto` is
@@ -41,7 +41,6 @@ RUNTIMES = [
     ("native", "bfloat16"),
     ("openvino", "float32"),
     ("openvino", "bfloat16"),
-    ("openvino", "int8"),
 ]
 
 
