@@ -91,7 +91,7 @@ class Unavailable(ServingError):
     UNAVAILABLE with `retry-after` over gRPC."""
 
     def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(503, message, retry_after_s)
+        super().__init__(503, message, retry_after_s, "unavailable")
 
 
 def status_of(exc: BaseException | None) -> int:

@@ -12,6 +12,7 @@ import pytest
 from kembed.launch import Server, start_server
 from tests.conftest import MODEL_NAME
 
+INFER = f"/v2/models/{MODEL_NAME}/infer"
 LONG_TEXT = "Knative sends SIGTERM when it scales a revision down, and the pod must not drop work. " * 6
 
 
@@ -155,3 +156,47 @@ def test_sigterm_with_more_queued_than_the_grace_allows_answers_only_200_or_503(
     assert 503 in statuses, statuses
     assert all(answer[1] for answer in answers if isinstance(answer, tuple) and answer[0] == 503)
     assert server.process.wait(30) == 0
+
+
+def test_transformer_sigterm_with_requests_waiting_on_the_predictor_answers_only_200_or_503(tmp_path: Path) -> None:
+    """The transformer's requests still waiting on the predictor when its grace runs out are answered
+    503 with Retry-After (V2 and OpenAI routes alike), not cancelled into a 500."""
+    predictor = start_predictor(tmp_path, "--max_queue_seconds", "100000", "--max_wait_seconds", "600")
+    transformer = start_server(
+        "transformer",
+        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}",
+         "--grace_period_seconds", "3"],
+        tmp_path / "transformer.log",
+        ready_path=f"/v2/models/{MODEL_NAME}/ready",
+    )
+
+    async def run() -> list[tuple[str, int, str | None] | str]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
+            async def one(index: int) -> tuple[str, int, str | None] | str:
+                texts = [f"{LONG_TEXT} {index} {i}" for i in range(32)]
+                route = "v2" if index % 2 else "openai"
+                try:
+                    if route == "v2":
+                        response = await client.post(f"{transformer.url}{INFER}", json=payload(texts))
+                    else:
+                        response = await client.post(f"{transformer.url}/v1/embeddings",
+                                                     json={"model": MODEL_NAME, "input": texts})
+                    return route, response.status_code, response.headers.get("retry-after")
+                except httpx.HTTPError as exc:
+                    return repr(exc)
+
+            tasks = [asyncio.create_task(one(i)) for i in range(32)]
+            await asyncio.sleep(1.0)  # everything sent and waiting on the predictor: far more than 3 s of work
+            transformer.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*tasks)
+
+    try:
+        answers = asyncio.run(run())
+        assert transformer.process.wait(30) == 0
+    finally:
+        transformer.stop()
+        predictor.stop()
+    statuses = [answer[1] if isinstance(answer, tuple) else answer for answer in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert {route for route, status, _ in answers if status == 503} == {"v2", "openai"}, answers
+    assert all(retry_after for _, status, retry_after in answers if status == 503), answers

@@ -5,6 +5,8 @@ with the embedding cache on, some or all texts never reach the predictor, which 
 preprocess -> predict -> postprocess chain cannot express. The hop is the kernel's V2 client
 (`kembed.client`: kserve's REST or gRPC client, from `--predictor_host`/`--predictor_protocol`), whose
 `UpstreamError` already carries the status, gRPC code and Retry-After the client should get.
+On SIGTERM, what is still waiting on the predictor when the grace period ends is answered 503
+(`kembed.shutdown.ShutdownDeadline`) rather than cancelled into a 500 by uvicorn.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kembed import contract
 from kembed.client import GRPC, REST, EmbeddingClient
 from kembed.contract import EmbedOptions
 from kembed.model_spec import ModelSpec, read_model_spec
+from kembed.shutdown import ShutdownDeadline
 from kembed.tokenization import TextTokenizer, pad_batch
 from transformer import metrics
 from transformer.embedding_cache import EmbeddingCache
@@ -63,6 +66,7 @@ class EmbeddingTransformer(Model):
         self.spec: ModelSpec | None = None
         self.tokens: CachingTokenizer | None = None
         self.embedding_cache: EmbeddingCache | None = None
+        self.shutdown = ShutdownDeadline()
 
     def load(self) -> bool:
         """Loads the model's tokenizer with the predictor's own length settings; then ready."""
@@ -87,6 +91,10 @@ class EmbeddingTransformer(Model):
 
     def start(self) -> None:
         """kserve's default start() marks the model ready at once; ours is ready after load()."""
+
+    def drain(self, seconds: float) -> None:
+        """SIGTERM: requests unfinished in `seconds` are answered 503 then (see `kembed.edge.serve`)."""
+        self.shutdown.drain(seconds)
 
     def validate(self, payload: object) -> InferRequest:
         """kserve's check reads a V1 body (`/v1/models/{name}:predict`) as a dict and fails with a 500
@@ -128,7 +136,14 @@ class EmbeddingTransformer(Model):
         """Embeddings of ``texts``: cached ones from the embedding cache, the rest (each distinct
         text once) tokenized through the token cache and sent to the predictor in one request.
         The prompt is resolved here and sent to the predictor as a raw string, so both sides mean
-        the same tokens by it (the predictor counts them for pooling that leaves the prompt out)."""
+        the same tokens by it (the predictor counts them for pooling that leaves the prompt out).
+        After SIGTERM, `Unavailable` (503) if it cannot finish before the drain deadline."""
+        async with self.shutdown.running():
+            return await self._embed(texts, options, headers, field)
+
+    async def _embed(
+        self, texts: Sequence[str], options: EmbedOptions, headers: dict[str, str] | None, field: str
+    ) -> Embedded:
         assert self.tokens is not None and self.embedding_cache is not None and self.spec is not None
         prompt = options.resolve_prompt(self.spec.prompts, self.spec.default_prompt_name)
         options = replace(options, prompt_name=None, prompt=prompt)
