@@ -26,6 +26,7 @@ from eventing.settings import COMPLETED_TYPE, REQUEST_TYPE, SUMMARY_TYPE
 from kembed.contract import EmbedOptions, embeddings_from_response, text_request
 from kembed.launch import Server, free_port, start_server
 from tests.conftest import MODEL_NAME
+from tests.http_threads import serving
 from tests.reference import cosine_rows
 
 SMALL_EVENT_BYTES = 65536
@@ -92,12 +93,8 @@ class SinkHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[CapturingSink]:
-    server = CapturingSink()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(CapturingSink()) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

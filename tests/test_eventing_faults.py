@@ -23,6 +23,7 @@ from eventing.reply import PART, PARTS, REQUEST_ID
 from eventing.settings import SUMMARY_TYPE
 from kembed.contract import EmbedOptions
 from kembed.launch import Server, free_port
+from tests.http_threads import serving
 from tests.knative import Broker, backoff_schedule
 from tests.reference import cosine_rows
 from tests.test_eventing import direct, metric, post, reply_of, request_event, start_eventing
@@ -128,22 +129,16 @@ class RecordingSinkHandler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture(scope="module")
 def proxy(predictor: Server) -> Iterator[FaultyProxy]:
-    yield from serve(FaultyProxy(predictor.url, stall_seconds=2.0))  # type: ignore[misc]
+    with serving(FaultyProxy(predictor.url, stall_seconds=2.0)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def sink() -> Iterator[RecordingSink]:
-    yield from serve(RecordingSink())  # type: ignore[misc]
+    with serving(RecordingSink()) as server:
+        yield server
 
 
 PART_BYTES = 8192

@@ -15,8 +15,8 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +27,7 @@ import yaml
 
 from inferenceservices.__main__ import main
 from kembed.launch import ROOT, free_port
+from tests.http_threads import serving
 from tests.standins import KServe, Prometheus
 
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/kembed/inferenceservices/kembed"
@@ -60,7 +61,7 @@ class StandIn:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[[Callable[[Request], Reply]], StandIn]]:
-    servers: list[ThreadingHTTPServer] = []
+    servers = ExitStack()
 
     def start(respond: Callable[[Request], Reply]) -> StandIn:
         stand_in = StandIn(respond)
@@ -90,15 +91,12 @@ def serve() -> Iterator[Callable[[Callable[[Request], Reply]], StandIn]]:
 
         server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
+        servers.enter_context(serving(server))
         stand_in.url = f"http://127.0.0.1:{server.server_address[1]}"
         return stand_in
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with servers:
+        yield start
 
 
 @pytest.fixture
