@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kembed.settings import Knob, configuration_markdown, from_args, knobs
+from kembed.settings import Knob, from_args, knobs
+from scripts.configuration_doc import configuration_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,5 +86,5 @@ def test_kembed_knobs_come_before_kserve_flags_in_help():
 
 def test_configuration_doc_is_generated_from_the_declarations():
     assert (ROOT / "docs" / "configuration.md").read_text() == configuration_markdown(), (
-        "docs/configuration.md is stale: run `python -m kembed.settings > docs/configuration.md`"
+        "docs/configuration.md is stale: run `python -m scripts.configuration_doc > docs/configuration.md`"
     )
