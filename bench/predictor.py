@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -101,36 +102,42 @@ def load(model_dir: Path, backend: str, dtype: str):
 
 
 def in_process_limit(runtime, rows: list, batch_sizes: tuple[int, ...]) -> tuple[int, float, np.ndarray]:
-    """Best texts/s over the corpus in length-sorted batches (tokenized beforehand), and the vectors."""
+    """Best texts/s over the corpus in length-sorted batches (tokenized beforehand), `parallel_passes`
+    batches at once as the batcher runs them, and the vectors."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     runtime([rows[i] for i in order[:8]])
     best, vectors = (0, 0.0), None
-    for size in batch_sizes:
-        out = []
-        started = time.perf_counter()
-        for start in range(0, len(order), size):
-            out.append(runtime([rows[i] for i in order[start : start + size]]))
-        rate = len(rows) / (time.perf_counter() - started)
-        best = max(best, (size, rate), key=lambda pair: pair[1])
-        vectors = np.zeros((len(rows), out[0].shape[1]), dtype=np.float32)
-        vectors[order] = np.concatenate(out)
+    with ThreadPoolExecutor(runtime.parallel_passes) as pool:
+        for size in batch_sizes:
+            batches = [[rows[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+            started = time.perf_counter()
+            out = list(pool.map(runtime, batches))
+            rate = len(rows) / (time.perf_counter() - started)
+            best = max(best, (size, rate), key=lambda pair: pair[1])
+            vectors = np.zeros((len(rows), out[0].shape[1]), dtype=np.float32)
+            vectors[order] = np.concatenate(out)
     return best[0], best[1], vectors
 
 
 def window_limit(runtime, rows: list, window: int, pass_cost: float, count: int = 600) -> float:
-    """Texts/s when batches are chosen by the predictor's select_batch from `window` visible rows."""
-    from predictor.batcher import BatchLimits, select_batch
+    """Texts/s of the predictor's own Batcher over this runtime, without HTTP: `window` callers each
+    embed one row at a time, so only `window` rows are visible at once, as a server sees them."""
+    from predictor.batcher import Batcher, BatchLimits
 
-    limits = BatchLimits()
-    rows = rows[:count]
-    pending, upcoming = list(rows[:window]), iter(rows[window:])
-    started = time.perf_counter()
-    while pending:
-        chosen = set(select_batch([len(row) for row in pending], limits, pass_cost, runtime.batch_cost))
-        runtime([pending[i] for i in sorted(chosen)])
-        pending = [row for i, row in enumerate(pending) if i not in chosen]
-        pending.extend(row for _, row in zip(range(window - len(pending)), upcoming, strict=False))
-    return len(rows) / (time.perf_counter() - started)
+    async def run() -> float:
+        batcher = Batcher(runtime, BatchLimits(queue_size=max(2048, window)), pass_cost_tokens=pass_cost,
+                          cost=runtime.batch_cost, parallel_passes=runtime.parallel_passes)
+        upcoming = iter(rows[:count])
+
+        async def caller() -> None:
+            for token_row in upcoming:
+                await batcher.embed([token_row])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(window)))
+        return count / (time.perf_counter() - started)
+
+    return asyncio.run(run())
 
 
 def runtime_table(model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ...]) -> dict[tuple[str, str], dict]:

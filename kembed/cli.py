@@ -54,7 +54,8 @@ class ServerSettings:
         False, "serve KServe's model-repository extension (load/unload over REST and gRPC); off, no client can "
         "unload the model"
     )
-    access_log: bool = knob(False, "log every request (uvicorn access log and kserve timing lines)")
+    access_log: bool = knob(False, "log every request (uvicorn access log and kserve timing lines; off, kserve's "
+                            "request-timing middleware is left out)")
     latency_logging: bool = knob(False, "kserve's per-request latency log lines")
 
     @property

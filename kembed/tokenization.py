@@ -110,9 +110,15 @@ class TextTokenizer:
         return ids
 
 
-def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads ids to the longest row; returns (input_ids, attention_mask) INT64 [B, L]."""
-    length = max(len(row) for row in rows)
+def padded_length(longest: int, multiple: int = 1) -> int:
+    """The length a padded batch computes on: its longest row, rounded up to `multiple`."""
+    return -(-longest // multiple) * multiple
+
+
+def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads ids to the longest row (rounded up to `multiple`: fewer distinct shapes, whose
+    compiled kernels a graph runtime keeps); returns (input_ids, attention_mask) INT64 [B, L]."""
+    length = padded_length(max(len(row) for row in rows), multiple)
     ids = np.full((len(rows), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), length), dtype=np.int64)
     for index, row in enumerate(rows):
@@ -121,9 +127,9 @@ def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, 
     return ids, mask
 
 
-def padded_tokens(lengths: Sequence[int]) -> int:
-    """What a padded batch of these lengths computes on: rows x longest."""
-    return len(lengths) * max(lengths) if lengths else 0
+def padded_tokens(lengths: Sequence[int], multiple: int = 1) -> int:
+    """What a padded batch of these lengths computes on: rows x longest (rounded up to `multiple`)."""
+    return len(lengths) * padded_length(max(lengths), multiple) if lengths else 0
 
 
 def _tokenizer_config(model_dir: Path) -> dict:

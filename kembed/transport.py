@@ -200,6 +200,22 @@ def json_response(document: Any, headers: dict[str, str]) -> Response:
     )
 
 
+def without_request_timing(app: FastAPI) -> None:
+    """Leaves out kserve's per-request TimingMiddleware (timing_asgi): its two getrusage() calls sum
+    the times of every thread in the process, a third of the event loop's work at one text per
+    request, for figures that go to the `kserve.trace` logger, silent unless `--access_log` is on.
+    Starlette builds the middleware stack at the first request, after kserve added its own."""
+    from timing_asgi import TimingMiddleware
+
+    build = app.build_middleware_stack
+
+    def build_without_timing() -> ASGIApp:
+        app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not TimingMiddleware]
+        return build()
+
+    app.build_middleware_stack = build_without_timing  # type: ignore[method-assign]
+
+
 def install(app: FastAPI, model_name: str, max_body_bytes: int, dataplane: DataPlane) -> None:
     """The body limit, kembed's error handlers and the V2 infer and metadata routes, on kserve's app
     before it starts.

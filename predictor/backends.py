@@ -62,14 +62,17 @@ def load_runtime(
     pad_id: int,
     gate_rows: Sequence[np.ndarray] | None = None,
     dtype_required: bool = True,
+    openvino_hint: str = "throughput",
+    pad_to_multiple_of: int = 16,
 ) -> Runtime:
     """The runtime, loaded; a reduced `dtype` has passed the precision gate (or, when not
-    `dtype_required`, fell back to float32)."""
+    `dtype_required`, fell back to float32). The last two are the OpenVINO runtime's."""
     chosen = choose_backend(backend, device, dtype, spec)
     if chosen == "openvino":
         from predictor.openvino_runtime import OpenVINORuntime
 
-        return OpenVINORuntime(spec, dtype, threads, pad_id, gate_rows, dtype_required)
+        return OpenVINORuntime(spec, dtype, threads, pad_id, gate_rows, dtype_required, openvino_hint,
+                               pad_to_multiple_of)
     import torch
 
     from predictor.encoder import Encoder

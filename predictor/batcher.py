@@ -15,9 +15,10 @@ waits that long has likely given up; work older than `max_wait_seconds` (the cli
 whose caller went away leaves the queue without a pass. On SIGTERM `drain` answers what cannot
 finish within the grace period with 503 at once, instead of letting the server's cancel make a 500.
 
-There is no latency window (as in TEI): forward passes run on one worker thread, and while one
-runs the queue fills; the next batch is chosen from everything waiting the moment the worker is
-free. A lone request never waits for company, and under load the batches fill by themselves.
+There is no latency window (as in TEI): forward passes run on worker threads, one per pass the
+runtime can run at once (`parallel_passes`: 1 for torch, the compiled model's streams for OpenVINO),
+and while they run the queue fills; the next batch is chosen from everything waiting the moment a
+worker is free. A lone request never waits for company, and under load the batches fill by themselves.
 """
 
 from __future__ import annotations
@@ -103,21 +104,27 @@ class Batcher:
         pass_cost_tokens: float = 0.0,
         cost: BatchCost = padded_tokens,
         seconds_per_token: float = 1e-4,
+        parallel_passes: int = 1,
     ):
+        if parallel_passes < 1:
+            raise ValueError("parallel_passes must be at least 1")
         self._forward = forward
+        self.parallel_passes = parallel_passes
         self.limits = limits
         self.pass_cost_tokens = pass_cost_tokens
         self.cost = cost
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kembed-forward")
+        self._executor = ThreadPoolExecutor(max_workers=parallel_passes, thread_name_prefix="kembed-forward")
+        self._running: set[asyncio.Future[np.ndarray]] = set()
         self._task: asyncio.Task[None] | None = None
         self._labels = {"model": model_name}
         self._queue_depth = metrics.QUEUE_DEPTH.labels(**self._labels)
         self._inflight = metrics.INFLIGHT.labels(**self._labels)
         self.last_batch_seconds = 0.05
-        # Seconds of forward pass per token, measured at load, then from well-filled passes (the
-        # ones that matter when the queue is long; a small pass is mostly fixed cost).
+        # Seconds of forward pass per token (of one pass: parallel passes divide the wait), measured
+        # at load, then from well-filled passes (the ones that matter when the queue is long; a small
+        # pass is mostly fixed cost).
         self.seconds_per_token = seconds_per_token
         self._pending_tokens = 0
         self._in_pass: list[_Item] = []
@@ -130,7 +137,7 @@ class Batcher:
     def expected_wait(self, extra_tokens: int = 0) -> float:
         """Seconds until what waits now (plus `extra_tokens`) has had its pass."""
         running = self.last_batch_seconds if self._in_pass else 0.0
-        return running + (self._pending_tokens + extra_tokens) * self.seconds_per_token
+        return running + (self._pending_tokens + extra_tokens) * self.seconds_per_token / self.parallel_passes
 
     async def embed(self, rows: Sequence[np.ndarray], prompt_length: int = 0) -> np.ndarray:
         """Embeds rows of token ids that start with ``prompt_length`` prompt tokens (pooling may leave
@@ -181,7 +188,7 @@ class Batcher:
         queued = 0
         for item in self._pending:  # oldest first, as batches are built around the oldest item
             queued += len(item.ids)
-            if queued * self.seconds_per_token > budget and not item.future.done():
+            if queued * self.seconds_per_token / self.parallel_passes > budget and not item.future.done():
                 item.future.set_exception(
                     Unavailable("the server is shutting down and cannot finish this request in time", 1)
                 )
@@ -219,10 +226,13 @@ class Batcher:
                 self._wakeup.clear()
                 self._queue_depth.set(0)
                 continue
+            if len(self._running) >= self.parallel_passes:  # while they run, the queue fills
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                continue
             batch = self._take_batch()
             future = loop.run_in_executor(self._executor, self._timed_forward, batch)
-            await asyncio.wait((future,))  # while it runs, the queue fills for the next batch
-            self._deliver(future, batch)
+            self._running.add(future)
+            future.add_done_callback(lambda done, batch=batch: self._deliver(done, batch))
 
     def _take_batch(self) -> list[_Item]:
         chosen = select_batch(
@@ -252,6 +262,7 @@ class Batcher:
         return result
 
     def _deliver(self, done: asyncio.Future[np.ndarray], batch: list[_Item]) -> None:
+        self._running.discard(done)
         self._inflight.dec(len(batch))
         in_batch = set(map(id, batch))
         self._in_pass = [item for item in self._in_pass if id(item) not in in_batch]

@@ -53,6 +53,7 @@ class EmbeddingModel(Model):
         encoder = load_runtime(
             self.spec, settings.backend, self.device, dtype, threads, self.tokenizer.pad_id,
             gate_rows=gate_tokenizer.encode(GATE_TEXTS), dtype_required=settings.dtype != "auto",
+            openvino_hint=settings.openvino_hint, pad_to_multiple_of=settings.pad_to_multiple_of,
         )
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).
@@ -65,15 +66,17 @@ class EmbeddingModel(Model):
         self.batcher = Batcher(
             encoder, settings.limits, self.name, pass_cost_tokens=pass_cost, cost=encoder.batch_cost,
             seconds_per_token=encoder.measure_seconds_per_token(settings.max_batch_size, settings.max_batch_tokens),
+            parallel_passes=encoder.parallel_passes,
         )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)
         if self.device.startswith("cuda"):
             metrics.GPU_MEMORY.labels(model=self.name).set_function(encoder.memory_bytes)
         logger.info(
-            "loaded %s on %s (%s backend, %s, %d threads, pooling=%s, dim=%d, max_seq_length=%d, "
-            "pass cost %.0f tokens) in %.2fs",
-            settings.model_dir, self.device, encoder.backend, encoder.dtype, threads, self.spec.pooling,
+            "loaded %s on %s (%s backend, %s, %d threads, %d parallel passes, pooling=%s, dim=%d, "
+            "max_seq_length=%d, pass cost %.0f tokens) in %.2fs",
+            settings.model_dir, self.device, encoder.backend, encoder.dtype, threads, encoder.parallel_passes,
+            self.spec.pooling,
             self.spec.dimension, self.spec.max_seq_length, pass_cost, seconds,
         )
         self.ready = True

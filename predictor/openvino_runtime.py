@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,10 +67,21 @@ def cpu_computes_bf16(core: object) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+HINTS = ("throughput", "latency")
+
+
 class OpenVINORuntime(Runtime):
-    """Compiles the IR for the CPU: `threads` inference threads, one stream, latency hint, and the
+    """Compiles the IR for the CPU: `threads` inference threads, OpenVINO's performance `hint`, and the
     inference precision `dtype` asks for (bf16 where the CPU computes it; int8 runs its quantized IR
-    with bf16 for what is left in floating point)."""
+    with bf16 for what is left in floating point).
+
+    `throughput` lets OpenVINO split the threads into streams (on 2 CPUs: 2 streams of 1 thread) and
+    the batcher runs one pass per stream at once. Served, this is what keeps up: a pass spread over
+    all threads (`latency`, one stream) stalls whenever the server's event loop takes one of its CPUs,
+    while independent single-thread passes just share them; a lone text takes about as long on one
+    thread as on two.
+    Batches are padded to a multiple of `pad_to_multiple_of` tokens: a dynamic-shape model compiles
+    kernels per input shape, and fewer shapes repeat more often (faster, bounded memory)."""
 
     backend = "openvino"
     packed = False
@@ -82,12 +94,20 @@ class OpenVINORuntime(Runtime):
         pad_id: int = 0,
         gate_rows: Sequence[np.ndarray] | None = None,
         dtype_required: bool = True,
+        hint: str = "throughput",
+        pad_to_multiple_of: int = 16,
     ):
         import openvino as ov
 
+        if hint not in HINTS:
+            raise ValueError(f"openvino hint must be one of {HINTS}, got {hint!r}")
+        if pad_to_multiple_of < 1:
+            raise ValueError("pad_to_multiple_of must be at least 1")
         self.spec = spec
         self.pad_id = pad_id
         self.threads = threads
+        self.hint = hint
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.head = Head(spec.head)
         path = ir_path(spec.model_dir, dtype)
         if not path.is_file():
@@ -108,23 +128,30 @@ class OpenVINORuntime(Runtime):
                              f"{sorted(outputs)} (need input_ids, attention_mask -> {HIDDEN_OUTPUT})")
         self.dtype = dtype
         self.precision_hint = "bf16" if dtype in ("bfloat16", "int8") and bf16 else "f32"
-        self._request = self._compile(self.precision_hint)
+        self._compile_requests(self.precision_hint)
         if dtype in ("bfloat16", "int8"):
             # int8 has no fallback of its own (its IR is quantized): it passes the gate or does not start.
             required = dtype_required or dtype == "int8"
             self._gate(dtype, gate_rows or synthetic_gate_rows(spec.vocab_size), required)
 
-    def _compile(self, hint: str, ir: object = None) -> object:
-        """An infer request of the IR (or another) compiled with this inference precision."""
-        compiled = self._core.compile_model(ir or self._ir, "CPU", {
-            "INFERENCE_PRECISION_HINT": hint,
+    def _compile(self, precision: str, ir: object = None) -> object:
+        """The IR (or another) compiled with this inference precision and the performance hint."""
+        return self._core.compile_model(ir or self._ir, "CPU", {
+            "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-            # a compiled kernel per input shape, 5000 by default: bounded like torch's oneDNN cache
+            "PERFORMANCE_HINT": self.hint.upper(),
+            # compiled kernels per input shape, 5000 by default: bounded like torch's oneDNN cache
             "CPU_RUNTIME_CACHE_CAPACITY": onednn_cache_capacity(),
         })
-        return compiled.create_infer_request()
+
+    def _compile_requests(self, precision: str) -> None:
+        """One infer request per stream: the passes the batcher may run at once."""
+        compiled = self._compile(precision)
+        self.streams = int(compiled.get_property("NUM_STREAMS"))
+        self.parallel_passes = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()
+        for _ in range(self.parallel_passes):
+            self._requests.put(compiled.create_infer_request())
 
     def _gate(self, dtype: str, rows: Sequence[np.ndarray], required: bool) -> None:
         """Measures this compilation against fp32: kembed-export's stored torch reference where there
@@ -143,22 +170,29 @@ class OpenVINORuntime(Runtime):
                 raise FileNotFoundError(f"no {stored} and no {fp32_ir}: nothing to measure {dtype} against")
             logger.info("no %s: compiling %s in f32 too, for the precision gate", stored, fp32_ir)
             reference_ir = self._core.read_model(str(fp32_ir))
-            reference = pool_padded_numpy(*self._hidden(rows, self._compile("f32", reference_ir)), MEAN)
+            reference_request = self._compile("f32", reference_ir).create_infer_request()
+            reference = pool_padded_numpy(*self._hidden(rows, reference_request), MEAN)
             source = f"{fp32_ir.name} in f32 on {len(rows)} gate texts"
         self.min_cosine = min_cosine(reference, self.hidden_mean(rows))
         measured = f"openvino {dtype} ({self.precision_hint} hint) vs {source}"
         if not passes_gate(dtype, self.min_cosine, required, measured, threshold):
             self.dtype, self.precision_hint = "float32", "f32"
-            self._request = self._compile("f32")
+            self._compile_requests("f32")
 
     def _hidden(self, rows: Sequence[np.ndarray], request: object = None) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = pad_batch(rows, self.pad_id)
+        ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of)
         inputs = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             inputs["token_type_ids"] = np.zeros_like(ids)
-        # share_inputs: the arrays are fresh and not reused, so OpenVINO may read them in place.
-        result = (request or self._request).infer(inputs, share_inputs=True)
-        return result[HIDDEN_OUTPUT], mask
+        if request is not None:
+            return request.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
+        own = self._requests.get()  # one per stream; the batcher runs at most that many passes at once
+        try:
+            # share_inputs: the arrays are fresh and not reused, so OpenVINO may read them in place
+            # (outputs are copies: share_outputs is off).
+            return own.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
+        finally:
+            self._requests.put(own)
 
     def hidden_mean(self, rows: Sequence[np.ndarray]) -> np.ndarray:
         """Mean-pooled last hidden states, the quantity the precision gate compares."""

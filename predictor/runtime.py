@@ -18,8 +18,8 @@ class Runtime:
     """Token-id rows in, float32 vectors out: pooled and through the model's head (its final Normalize
     is per request, `postprocess.finish`).
 
-    Subclasses set `backend`, `dtype`, `packed` and implement `__call__`. Not thread-safe by design:
-    the batcher calls a runtime from one worker thread per device.
+    Subclasses set `backend`, `dtype`, `packed` and implement `__call__`. The batcher calls a runtime
+    from at most `parallel_passes` worker threads at once (1 unless the runtime says otherwise).
     """
 
     spec: ModelSpec
@@ -28,13 +28,16 @@ class Runtime:
     dtype: str = "float32"
     packed: bool = False
     min_cosine: float | None = None  # measured against float32 when dtype is reduced
+    parallel_passes: int = 1  # passes the batcher may run at once (OpenVINO: one per stream)
+    pad_to_multiple_of: int = 1  # a padded batch's length is rounded up to this (repeated shapes)
 
     def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
         raise NotImplementedError
 
     def batch_cost(self, lengths: Sequence[int]) -> int:
-        """Tokens of work in a batch: its real tokens when packed, rows x longest when padded."""
-        return sum(lengths) if self.packed else padded_tokens(lengths)
+        """Tokens of work in a batch: its real tokens when packed, rows x longest (rounded up to
+        `pad_to_multiple_of`) when padded."""
+        return sum(lengths) if self.packed else padded_tokens(lengths, self.pad_to_multiple_of)
 
     def warm_up(self) -> None:
         """One pass with a padded attention group: allocations and kernel selection happen here,

@@ -25,6 +25,11 @@ class PredictorSettings(ServerSettings):
     pooling: str = knob("auto", "auto (the model's sentence-transformers Pooling) | cls | mean | max | "
                         "mean_sqrt_len_tokens | weightedmean | lasttoken (several joined by '+')")
     threads: int = knob(0, "CPU threads (torch or OpenVINO); 0 = fit the container's CPU quota")
+    openvino_hint: str = knob("throughput", "OpenVINO's performance hint: throughput (the threads split into "
+                              "streams, one forward pass each at once, none stalls while the server's own thread "
+                              "runs) | latency (one stream of all threads)", choices=("throughput", "latency"))
+    pad_to_multiple_of: int = knob(16, "OpenVINO pads a batch's length up to a multiple of this: fewer distinct "
+                                   "shapes, whose compiled kernels it keeps (1 = the longest row)", unit="tokens")
     onednn_cache_capacity: int = knob(32, "oneDNN primitive cache entries (torch's ONEDNN_PRIMITIVE_CACHE_CAPACITY, "
                                       "OpenVINO's CPU_RUNTIME_CACHE_CAPACITY): each new batch shape adds one with its "
                                       "own weight copy; bounded, memory stays flat")

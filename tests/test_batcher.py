@@ -270,3 +270,33 @@ def test_drain_answers_what_cannot_finish_in_time_with_unavailable() -> None:
             await fits
 
     asyncio.run(run())
+
+
+def test_parallel_passes_run_at_once_and_one_pass_runs_alone() -> None:
+    """With `parallel_passes=2` two batches are in the forward function at the same moment (each
+    waits for the other at a barrier); with 1 the second pass waits and the barrier breaks."""
+
+    def run(parallel: int) -> list[str]:
+        barrier = threading.Barrier(2, timeout=1.0)
+        outcomes: list[str] = []
+
+        def forward(rows: list[np.ndarray], prompt_lengths: list[int]) -> np.ndarray:
+            try:
+                barrier.wait()
+                outcomes.append("met")
+            except threading.BrokenBarrierError:
+                outcomes.append("alone")
+            return np.array([[row[0], len(row), row.sum()] for row in rows], dtype=np.float32)
+
+        async def main() -> None:
+            batcher = Batcher(forward, BatchLimits(max_batch_size=1), parallel_passes=parallel)
+            results = await asyncio.gather(batcher.embed([row(1, 4)]), batcher.embed([row(2, 4)]))
+            assert [int(result[0][0]) for result in results] == [1, 2]
+
+        asyncio.run(main())
+        return outcomes
+
+    assert run(2) == ["met", "met"]
+    assert run(1)[0] == "alone"
+    with pytest.raises(ValueError, match="parallel_passes"):
+        Batcher(RecordingForward(), BatchLimits(), parallel_passes=0)

@@ -218,3 +218,32 @@ def test_client_errors_are_400_counted_and_logged_as_one_line_over_grpc_and_rest
     assert len(lines) == 2, "kserve's interceptor and its REST handler each log the refusal"
     assert all(r.exc_info is None and r.levelno == logging.INFO for r in lines)
     assert all(r.getMessage().startswith("400 InvalidInput: unknown input(s)") for r in lines)
+
+
+def middleware_classes(app: FastAPI) -> list[type]:
+    """The classes in the app's built middleware chain, outermost first."""
+    classes, layer = [], app.middleware_stack
+    while layer is not None and not isinstance(layer, type(app.router)):
+        classes.append(type(layer))
+        layer = getattr(layer, "app", None)
+    return classes
+
+
+@pytest.mark.parametrize("timing_left_out", [True, False])
+def test_kserves_request_timing_middleware_is_left_out_unless_asked_for(timing_left_out: bool) -> None:
+    from kserve.protocol.rest.server import PrintTimings
+    from timing_asgi import TimingMiddleware
+    from timing_asgi.integrations import StarletteScopeToName
+
+    app = FastAPI()
+    app.add_api_route("/ping", lambda: {"ok": True})
+    if timing_left_out:
+        transport.without_request_timing(app)  # installed before kserve adds its middleware, as serve() does
+    app.add_middleware(TimingMiddleware, client=PrintTimings(),  # what kserve's RESTServer adds
+                       metric_namer=StarletteScopeToName(prefix="kserve.io", starlette_app=app))
+    async def ping() -> dict:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+            return (await client.get("/ping")).json()
+
+    assert asyncio.run(ping()) == {"ok": True}
+    assert (TimingMiddleware in middleware_classes(app)) is not timing_left_out
