@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+REFERENCE_BATCH = 16
+
 
 @cache
 def _bundled() -> tuple[object, object]:
@@ -18,6 +20,18 @@ def _bundled() -> tuple[object, object]:
 
 
 def reference_embeddings(texts: list[str], normalize: bool = True) -> np.ndarray:
+    """Computed in batches of texts of similar length: padding is masked out, so batching changes only
+    the time (one batch of a few hundred mixed texts pads them all to the longest)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[np.ndarray] = [np.empty(0)] * len(texts)
+    for start in range(0, len(order), REFERENCE_BATCH):
+        chunk = order[start : start + REFERENCE_BATCH]
+        for i, vector in zip(chunk, _pooled([texts[i] for i in chunk], normalize), strict=True):
+            out[i] = vector
+    return np.stack(out)
+
+
+def _pooled(texts: list[str], normalize: bool) -> np.ndarray:
     tokenizer, model = _bundled()
     batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.no_grad():

@@ -136,7 +136,7 @@ def test_concurrent_mixed_requests_each_get_their_own_embeddings(predictor: Serv
             " ".join(rng.choice(words) for _ in range(rng.randint(1, 120))) + f" #{i}-{j}"
             for j in range(rng.randint(1, 8))
         ]
-        for i in range(64)
+        for i in range(32)  # ~130 texts: several full batches (max_batch_size 32), requests split across them
     ]
 
     async def run() -> list[np.ndarray]:
