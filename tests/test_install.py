@@ -1,6 +1,6 @@
 """What `make setup` resolves torch to, by pip itself (`--dry-run --report`, metadata only): the CPU build,
-never the ~20 nvidia packages of PyPI's default Linux wheel. These need a package index; each skips,
-saying which, where none answers."""
+never the ~20 nvidia packages of PyPI's default Linux wheel. The first two need a package index and skip,
+saying which, where none answers; the refusal resolves against a local stand-in for PyPI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,41 @@ def test_a_fresh_machine_gets_the_cpu_build_from_the_cpu_index(tmp_path):
     assert cuda_packages(resolved) == [], resolved
 
 
+# What PyPI's Linux torch 2.13.0 wheel asks for (a few of its ~20 CUDA requirements).
+PYPI_TORCH_REQUIRES = ("nvidia-cublas-cu12", "nvidia-cudnn-cu12", "triton", "filelock")
+
+
+def metadata_only_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    """A wheel with nothing in it but its metadata: all `pip install --dry-run` reads."""
+    dist_info = f"{name.replace('-', '_')}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {requirement}\n" for requirement in requires
+    )
+    wheel = "Wheel-Version: 1.0\nGenerator: kembed-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    with zipfile.ZipFile(directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{dist_info}/METADATA", metadata)
+        archive.writestr(f"{dist_info}/WHEEL", wheel)
+        archive.writestr(f"{dist_info}/RECORD", "")
+
+
+def pypi_stand_in(directory: Path) -> dict[str, str]:
+    """pip settings for a local index that, as PyPI does, offers torch 2.13.0 only with its CUDA packages
+    (resolving against PyPI itself took 20 s of metadata downloads for the same answer)."""
+    directory.mkdir()
+    metadata_only_wheel(directory, "torch", "2.13.0", PYPI_TORCH_REQUIRES)
+    for name in PYPI_TORCH_REQUIRES:
+        metadata_only_wheel(directory, name, "1.0")
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(directory)}
+
+
 def test_without_the_cpu_index_a_fresh_machine_is_refused_before_installing_cuda(tmp_path):
     """Where the CPU index cannot be reached and PyPI offers only the CUDA build, install.sh resolves,
-    names the CUDA packages and stops. PIP_DRY_RUN keeps a broken guard from installing gigabytes."""
+    names the CUDA packages and stops. PIP_DRY_RUN keeps a broken guard from installing anything."""
     if reachable(CPU_INDEX):
         pytest.skip(f"{CPU_INDEX} answers here, so the refusal path is not taken")
-    if not reachable(PYPI):
-        pytest.skip(f"{PYPI} is unreachable from here")
+    env = fresh_machine() | pypi_stand_in(tmp_path / "pypi") | {"PIP_DRY_RUN": "1"}
     proc = subprocess.run(
-        ["bash", str(INSTALL_SH), "--torch-only"], env=fresh_machine() | {"PIP_DRY_RUN": "1"}, capture_output=True,
-        text=True, timeout=300, check=False,
+        ["bash", str(INSTALL_SH), "--torch-only"], env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "refusing: without https://download.pytorch.org/whl/cpu, pip would install torch's CUDA build" in proc.stderr
