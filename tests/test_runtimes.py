@@ -1,7 +1,7 @@
 """Every runtime and dtype against sentence-transformers, served by real predictors on 127.0.0.1.
 
 The bundled model's fp32 IR is the one `make setup` exported with the real `kembed-export` (exported
-here when absent or older than the exporter); each backend/dtype then serves the same 240 real
+here when absent or older than the exporter); each backend/dtype then serves the same 200 real
 mixed-length texts. `kembed-export --int8` itself (NNCF calibration, the held-out gate) runs on a tiny
 random model: what it proves does not depend on the model's size.
 """
@@ -13,6 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,14 +23,14 @@ import pytest
 
 from kembed.cli import bundled_model_dir
 from kembed.corpus import english_corpus
-from kembed.launch import ROOT, start_server
+from kembed.launch import ROOT, Server, start_server
 from predictor import export as exporter
 from predictor.precision import cpu_has_native_bf16, min_cosine, passes_gate
 from tests.conftest import MODEL_NAME
 from tests.st_models import backbone, st_model
 
-CORPUS = english_corpus(250)
-TEXTS, CALIBRATION = CORPUS[:240], CORPUS[240:250]
+CORPUS = english_corpus(210)
+TEXTS, CALIBRATION = CORPUS[:200], CORPUS[200:210]
 MADE_BY_SETUP = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup`: kembed-export --output this
 NATIVE_BF16 = "bfloat16" if cpu_has_native_bf16() else "float32"  # what `auto` means on this CPU
 
@@ -80,10 +82,11 @@ def served_vectors(url: str, texts: list[str]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def serve(tmp_path: Path, model_dir: Path | str, *flags: str, dtype: str = "auto"):
+def serve(log_dir: Path, model_dir: Path | str, *flags: str, dtype: str = "auto") -> Server:
+    log_dir.mkdir(parents=True, exist_ok=True)
     return start_server(
         "predictor", ["--model_name", MODEL_NAME, "--model_dir", str(model_dir), *flags],
-        tmp_path / "predictor.log", env={"KEMBED_DTYPE": dtype}, ready_path=f"/v2/models/{MODEL_NAME}/ready",
+        log_dir / "predictor.log", env={"KEMBED_DTYPE": dtype}, ready_path=f"/v2/models/{MODEL_NAME}/ready",
     )
 
 
@@ -99,13 +102,60 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("model", "backend", "dtype", "log_backend", "log_dtype", "threshold"), CASES,
-                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+IDS = [f"{c[0]}-{c[1]}-{c[2]}" for c in CASES]
+
+
+class AheadOfTheirTests:
+    """The selected cases' servers, started two ahead of their tests: a start is mostly single-threaded
+    imports, so it runs on the core the serving (or the reference computation) leaves."""
+
+    def __init__(self, ids: list[str], start: Callable[[str], Server]):
+        self.waiting, self.start, self.started = list(ids), start, {}
+        self.pool = ThreadPoolExecutor(2)
+        self.start_ahead()
+
+    def start_ahead(self) -> None:
+        while self.waiting and len(self.started) < 2:
+            case = self.waiting.pop(0)
+            self.started[case] = self.pool.submit(self.start, case)
+
+    def take(self, case: str) -> Server:
+        if case not in self.started:  # tests run out of order
+            self.waiting.remove(case)
+            self.started[case] = self.pool.submit(self.start, case)
+        future = self.started.pop(case)
+        self.start_ahead()
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        for future in self.started.values():
+            if not future.cancelled() and future.exception() is None:
+                future.result().stop()
+
+
+@pytest.fixture(scope="module")
+def runtime_servers(request, tmp_path_factory, exported) -> Iterator[AheadOfTheirTests]:
+    logs = tmp_path_factory.mktemp("runtimes")
+    cases = dict(zip(IDS, CASES, strict=True))
+
+    def start(case: str) -> Server:
+        model, backend, dtype, *_ = cases[case]
+        model_dir = exported if model == "exported" else bundled_model_dir()
+        return serve(logs / case, model_dir, "--backend", backend, dtype=dtype)
+
+    selected = [item.callspec.id for item in request.session.items
+                if getattr(item, "originalname", "") == "test_every_runtime_matches_sentence_transformers"]
+    servers = AheadOfTheirTests(selected, start)
+    yield servers
+    servers.close()
+
+
+@pytest.mark.parametrize(("model", "backend", "dtype", "log_backend", "log_dtype", "threshold"), CASES, ids=IDS)
 def test_every_runtime_matches_sentence_transformers(
-    tmp_path, exported, reference, model, backend, dtype, log_backend, log_dtype, threshold
+    request, runtime_servers, reference, model, backend, dtype, log_backend, log_dtype, threshold
 ):
-    model_dir = exported if model == "exported" else bundled_model_dir()
-    server = serve(tmp_path, model_dir, "--backend", backend, dtype=dtype)
+    server = runtime_servers.take(request.node.callspec.id)
     try:
         got = served_vectors(server.url, TEXTS)
     finally:
