@@ -52,10 +52,12 @@ def start_server(
     ready_path: str | None = None,
     timeout: float = 120,
     poll_interval: float = 0.2,
+    http_port: int | None = None,
 ) -> Server:
     """Runs `python -m module` with kserve's port flags and waits for `ready_path` to say 200
-    (polled every `poll_interval` seconds: small when the start itself is being timed)."""
-    http_port, grpc_port = free_port(), free_port()
+    (polled every `poll_interval` seconds: small when the start itself is being timed). `http_port`:
+    one chosen beforehand (free_port()), for a peer started at the same time that must know it."""
+    http_port, grpc_port = http_port or free_port(), free_port()
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     log = log_path.open("wb")
     process = subprocess.Popen(

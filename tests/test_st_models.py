@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 from kserve import InferenceGRPCClient
 
 from kembed import contract
-from kembed.launch import Server, start_server
+from kembed.launch import Server, free_port, start_server
 from kembed.model_spec import read_model_spec
 from tests.st_models import TEXTS, backbone, min_cosine, module_types, reference, st_model
 
@@ -29,22 +30,25 @@ INSTRUCTION = {"query": "Instruct: find the passage that answers\nQuery: "}
 
 
 def serve_pair(model_dir: Path, name: str, log_dir: Path) -> tuple[Server, Server]:
-    """float32: exactness is checked here; reduced precision has its own gate (test_runtimes.py)."""
-    predictor = start_server(
-        "predictor", ["--model_name", name, "--model_dir", str(model_dir), "--dtype", "float32"],
-        log_dir / f"{name}-predictor.log", ready_path=f"/v2/models/{name}/ready",
-    )
-    try:
-        upstream = f"127.0.0.1:{predictor.http_port}"
-        transformer = start_server(
-            "transformer",
-            ["--model_name", name, "--model_dir", str(model_dir), "--predictor_host", upstream],
+    """float32: exactness is checked here; reduced precision has its own gate (test_runtimes.py).
+    Both start at once: the transformer does not call the predictor until a request comes."""
+    predictor_port = free_port()
+    with ThreadPoolExecutor(2) as pool:
+        predictor = pool.submit(
+            start_server, "predictor", ["--model_name", name, "--model_dir", str(model_dir), "--dtype", "float32"],
+            log_dir / f"{name}-predictor.log", ready_path=f"/v2/models/{name}/ready", http_port=predictor_port,
+        )
+        transformer = pool.submit(
+            start_server, "transformer",
+            ["--model_name", name, "--model_dir", str(model_dir), "--predictor_host", f"127.0.0.1:{predictor_port}"],
             log_dir / f"{name}-transformer.log", ready_path=f"/v2/models/{name}/ready",
         )
-    except Exception:
-        predictor.stop()
-        raise
-    return predictor, transformer
+    failed = [future for future in (predictor, transformer) if future.exception()]
+    if failed:  # stop the one that did start, then raise the other's error
+        for future in {predictor, transformer} - set(failed):
+            future.result().stop()
+        failed[0].result()
+    return predictor.result(), transformer.result()
 
 
 @pytest.fixture(scope="module")
