@@ -5,16 +5,20 @@ not know with `INTERNAL`; a gRPC exception it does know gets a code but no metad
 `RESOURCE_EXHAUSTED` with the delay a client should wait, as REST's 429 carries `Retry-After`, so
 kembed builds the server from kserve's public parts (`InferenceServicer`, the generated
 `add_GRPCInferenceServiceServicer_to_server`, `ExceptionToStatusInterceptor`) and adds the delay as
-`retry-after` trailing metadata. Everything else about a request (admission, metrics, decoding) is
-the DataPlane's, shared with REST.
+`retry-after` trailing metadata. grpc parses a request before any interceptor sees it, and answers a
+body that is not the method's message UNKNOWN with a traceback; `ParseRequestInterceptor` parses it
+instead, so it is INVALID_ARGUMENT naming the message type, as REST answers a malformed body 400.
+Everything else about a request (admission, metrics, decoding) is the DataPlane's, shared with REST.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Any
 
+import grpc
 from grpc import aio
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -23,6 +27,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from kembed.errors import RETRY_AFTER_METADATA, ServingError
+from kembed.metrics import GRPC, record
 
 logger = logging.getLogger("kembed")
 
@@ -38,6 +43,42 @@ class RetryAwareStatusInterceptor(ExceptionToStatusInterceptor):
             metadata = ((RETRY_AFTER_METADATA, str(ex.retry_after)),) if ex.retry_after is not None else ()
             await context.abort(ex.grpc_code, ex.message, trailing_metadata=metadata)
         await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+COUNTED_METHODS = ("/ModelInfer",)  # the edge counts inference requests only, over REST too
+
+
+class ParseRequestInterceptor(aio.ServerInterceptor):
+    """Each unary method receives its raw bytes and parses them with the method's own deserializer; a
+    body that does not parse is a `ServingError(400)`, which the interceptor outside this one answers
+    INVALID_ARGUMENT with one log line. A refused ModelInfer is counted as a gRPC 400 (model
+    "unknown": its name is inside the bytes that did not parse)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+        message_type = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        name = message_type.full_name if message_type is not None else "request message"
+        counted = handler_call_details.method.endswith(COUNTED_METHODS)
+
+        async def parse_then_serve(raw: bytes, context: aio.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:
+                if counted:
+                    record("unknown", GRPC, 400)
+                raise ServingError(400, f"request body is not a valid {name} ({len(raw)} bytes): {exc}") from None
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            parse_then_serve, request_deserializer=None, response_serializer=handler.response_serializer
+        )
 
 
 class GRPCServer:
@@ -61,7 +102,7 @@ class GRPCServer:
     async def start(self, max_workers: int) -> None:
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(RetryAwareStatusInterceptor(),),
+            interceptors=(RetryAwareStatusInterceptor(), ParseRequestInterceptor()),
             options=self.options,
         )
         servicer = InferenceServicer(self.dataplane, self.model_repository_extension)

@@ -24,6 +24,8 @@ from kserve import Model
 from kserve.errors import InvalidInput, invalid_input_handler
 from kserve.inference_client import InferenceGRPCClient
 from kserve.model_repository import ModelRepository
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from prometheus_client import REGISTRY
@@ -247,3 +249,47 @@ def test_kserves_request_timing_middleware_is_left_out_unless_asked_for(timing_l
 
     assert asyncio.run(ping()) == {"ok": True}
     assert (TimingMiddleware in middleware_classes(app)) is not timing_left_out
+
+
+SERVICE = "/inference.GRPCInferenceService"
+MODEL_INFER, MODEL_METADATA = f"{SERVICE}/ModelInfer", f"{SERVICE}/ModelMetadata"
+NOT_PROTOBUF = b"\xff\xff\xff\xff\x0f"  # field 0x1fffffff with wire type 7: no protobuf message parses it
+TRUNCATED = {
+    MODEL_INFER: pb.ModelInferRequest(model_name=PREDICTOR, id="x" * 40).SerializeToString()[:20],
+    MODEL_METADATA: pb.ModelMetadataRequest(name=PREDICTOR * 4).SerializeToString()[:20],
+}
+MESSAGE_TYPE = {MODEL_INFER: "inference.ModelInferRequest", MODEL_METADATA: "inference.ModelMetadataRequest"}
+
+
+@pytest.mark.parametrize("method", [MODEL_INFER, MODEL_METADATA])
+def test_a_grpc_body_that_is_not_the_methods_message_is_invalid_argument_naming_it(method: str, caplog):
+    """grpc itself answers an unparsable body UNKNOWN ("Exception deserializing request") and logs
+    a traceback; kembed answers INVALID_ARGUMENT, as REST answers a malformed body 400, logs one line,
+    counts a ModelInfer as a gRPC 400, and serves the next valid request as usual."""
+    predictor = GatedModel(PREDICTOR)
+    predictor.gate.set()
+    plane = dataplane_for(predictor)
+    before = count("unknown", "grpc", 400)
+
+    async def run() -> None:
+        async with grpc_server(plane) as target, grpc.aio.insecure_channel(target) as channel:
+            raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            for body in (NOT_PROTOBUF, TRUNCATED[method]):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await raw(body)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+                assert f"request body is not a valid {MESSAGE_TYPE[method]}" in refused.value.details()
+            client = InferenceGRPCClient(target)
+            assert (await client.infer(text_request(PREDICTOR, ["fine"]))).outputs[0].as_numpy().shape == (1, 8)
+            stub = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert (await stub.ModelMetadata(pb.ModelMetadataRequest(name=PREDICTOR))).name == PREDICTOR
+            await client.close()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(run())
+    counted = count("unknown", "grpc", 400) - before
+    assert counted == (2 if method == MODEL_INFER else 0), "a ModelInfer is counted as REST counts a bad body"
+    refusals = [r for r in caplog.records if MESSAGE_TYPE[method] in r.getMessage()]
+    assert len(refusals) == 2, [r.getMessage() for r in caplog.records]
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in refusals)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "no traceback, no error line"

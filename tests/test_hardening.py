@@ -83,6 +83,22 @@ def test_model_repository_routes_are_closed_by_default(which: str, request: pyte
     assert httpx.get(server.url + "/v2/health/live", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("which", ["predictor", "transformer"])
+def test_a_grpc_body_that_is_no_protobuf_is_invalid_argument_logged_in_one_line(which: str, request) -> None:
+    """The served processes, with their own logging: grpc alone would answer UNKNOWN with a traceback."""
+    server: Server = request.getfixturevalue(which)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as error:
+            raw(b"\xff\xff\xff\xff\x0f", timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid inference.ModelInferRequest" in error.value.details()
+    time.sleep(0.2)  # the log line is written as the answer leaves
+    log = server.log()
+    assert log.count("not a valid inference.ModelInferRequest") == 1, log[-2000:]
+    assert "Exception deserializing" not in log and "DecodeError" not in log
+
+
 def test_after_an_unload_liveness_and_readiness_fail(tmp_path: Path) -> None:
     """With the extension turned on, an unload leaves a pod that Kubernetes restarts."""
     server = start_server(
