@@ -10,7 +10,7 @@ import pytest
 from bench import predictor_flags
 
 BENCHES = ["bench.predictor", "bench.transformer", "bench.cold_start", "bench.overload", "bench.soak",
-           "bench.schema_fuzz"]
+           "bench.schema_fuzz", "bench.big_texts"]
 
 
 @pytest.mark.parametrize("name", BENCHES)
