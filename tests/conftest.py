@@ -1,4 +1,5 @@
-"""Shared fixtures: one real predictor (bundled model) for the whole session."""
+"""Shared fixtures: one real predictor (bundled model) and one real transformer in front of it, for the
+whole session (a test that needs other settings starts its own)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ["--model_name", MODEL_NAME, "--queue_size", "4096", "--max_queue_seconds", "600",
          "--max_wait_seconds", "600"],
         log,
+        ready_path=f"/v2/models/{MODEL_NAME}/ready",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def transformer(predictor: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A transformer with its default settings in front of `predictor`."""
+    server = start_server(
+        "transformer",
+        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}"],
+        tmp_path_factory.mktemp("transformer") / "transformer.log",
         ready_path=f"/v2/models/{MODEL_NAME}/ready",
     )
     yield server

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kembed.launch import Server, start_server
+from kembed.launch import Server
 from tests.conftest import MODEL_NAME
 from tests.test_fuzz_v2 import json_values, v2_body
 
@@ -35,17 +34,9 @@ openai_body = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def client(predictor: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    log: Path = tmp_path_factory.mktemp("fuzz-transformer") / "transformer.log"
-    server = start_server(
-        "transformer",
-        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}"],
-        log,
-        ready_path=f"/v2/models/{MODEL_NAME}/ready",
-    )
-    with httpx.Client(base_url=server.url, timeout=60) as session:
+def client(transformer: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=transformer.url, timeout=60) as session:
         yield session
-    server.stop()
 
 
 @settings(FUZZ, max_examples=1000)

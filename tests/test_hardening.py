@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,19 +26,6 @@ HUGE_TEXT = "tokenizers split every word of a long text before truncating. " * 1
 
 def v2_body(texts: list[str]) -> dict:
     return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
-
-
-@pytest.fixture(scope="module")
-def transformer(predictor: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("transformer") / "transformer.log"
-    server = start_server(
-        "transformer",
-        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}"],
-        log,
-        ready_path=READY,
-    )
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("which", ["predictor", "transformer"])

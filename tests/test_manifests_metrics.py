@@ -15,7 +15,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferenceservices import guard
-from kembed.launch import start_server
 from tests.conftest import MODEL_NAME
 from tests.test_manifests import OVERLAYS, one, render
 
@@ -116,26 +115,18 @@ def test_the_promql_parser_finds_names_and_skips_the_rest():
 
 
 @pytest.fixture(scope="module")
-def scraped(predictor, tmp_path_factory) -> dict[str, set[str]]:
+def scraped(predictor, request) -> dict[str, set[str]]:
     """/metrics of the real predictor, and of the real transformer when that package is there."""
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["kembed metrics check"]}]}
     assert httpx.post(f"{predictor.url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=60).status_code == 200
     names = {"predictor": exported_names(httpx.get(f"{predictor.url}/metrics", timeout=10).text)}
     if importlib.util.find_spec("transformer.__main__") is None:
         return names
-    transformer = start_server(
-        "transformer",
-        ["--model_name", MODEL_NAME, "--predictor_host", f"127.0.0.1:{predictor.http_port}"],
-        tmp_path_factory.mktemp("transformer") / "transformer.log",
-        ready_path="/v2/health/ready",
-    )
-    try:
-        for _ in range(2):  # a miss, then a hit in the tokenization cache
-            response = httpx.post(f"{transformer.url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=60)
-            assert response.status_code == 200, response.text
-        names["transformer"] = exported_names(httpx.get(f"{transformer.url}/metrics", timeout=10).text)
-    finally:
-        transformer.stop()
+    transformer = request.getfixturevalue("transformer")
+    for _ in range(2):  # a miss, then a hit in the tokenization cache
+        response = httpx.post(f"{transformer.url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+    names["transformer"] = exported_names(httpx.get(f"{transformer.url}/metrics", timeout=10).text)
     return names
 
 
