@@ -18,12 +18,14 @@ from predictor.runtime import Runtime
 logger = logging.getLogger("kembed.predictor")
 
 BACKENDS = ("auto", "native", "transformers", "openvino")
-# Served through the real server, the NNCF int8 IR of the bundled model once gave a text cosine 0.82 to
-# sentence-transformers (other runs: >= 0.9905, in-process 0.9937): some batch shapes compute a wrong
-# vector, and the export's held-out gate cannot see it. Until that is found, int8 is refused.
+# The bundled model's NNCF int8 IR computes wrong vectors at one sequence length: padded to exactly 32
+# tokens, texts of 19, 23 and 30 tokens gave cosine 0.985, 0.819 and 0.877 to fp32, while at 31, 33 and
+# every other length tried they gave >= 0.997 (bf16 and fp32 are exact at every length; OpenVINO 2026.4 CPU
+# plugin). Calibrating on padded batches did not change it. Until the export checks every length the server
+# pads to, int8 is refused.
 INT8_REFUSED = (
-    "--dtype int8 is refused: served int8 IRs gave wrong vectors for some batches (cosine 0.82 to "
-    "sentence-transformers on one text); use bfloat16 or float32. `kembed-export --int8` still writes an IR "
+    "--dtype int8 is refused: the int8 IR gave wrong vectors at some padded lengths (cosine 0.82 to fp32 at "
+    "32 tokens, >= 0.997 elsewhere); use bfloat16 or float32. `kembed-export --int8` still writes an IR "
     "for offline evaluation"
 )
 
