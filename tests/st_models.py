@@ -30,7 +30,7 @@ TEXTS = [
 DECODERS = ("qwen3", "mistral")
 
 
-def backbone(path: Path, kind: str = "bert", seed: int = 0) -> Path:
+def backbone(path: Path, kind: str = "bert", seed: int = 0, initializer_range: float = 0.3) -> Path:
     """A random 2-layer `kind` (bert, xlm-roberta, modernbert, qwen3 or mistral) with the bundled tokenizer,
     saved by transformers. A decoder's tokenizer appends [SEP] as its EOS and pads on the left, as decoder
     embedders do."""
@@ -53,7 +53,7 @@ def backbone(path: Path, kind: str = "bert", seed: int = 0) -> Path:
     # Weights larger than transformers' default 0.02: at that scale a tiny random model's outputs
     # barely depend on the input, and a prompt (or its absence) would not show in the vectors.
     sizes = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64,
-             "initializer_range": 0.3}
+             "initializer_range": initializer_range}
     if kind == "bert":
         model = BertModel(BertConfig(**sizes, num_attention_heads=2, max_position_embeddings=128))
     elif kind == "xlm-roberta":
