@@ -9,6 +9,7 @@ alone keeps `transformers` (seconds of imports) out of the transformer's cold st
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -110,15 +111,26 @@ class TextTokenizer:
         return ids
 
 
-def padded_length(longest: int, multiple: int = 1) -> int:
-    """The length a padded batch computes on: its longest row, rounded up to `multiple`."""
-    return -(-longest // multiple) * multiple
+def padded_length(longest: int, multiple: int = 1, allowed: Sequence[int] = ()) -> int:
+    """The length a padded batch computes on: its longest row, rounded up to `multiple`; where
+    `allowed` (sorted) is given, the first of those at least that long (the int8 runtime serves only
+    the lengths its startup check passed)."""
+    length = -(-longest // multiple) * multiple
+    if not allowed:
+        return length
+    index = bisect_left(allowed, length)
+    if index == len(allowed):
+        raise ValueError(f"no allowed padded length holds {longest} tokens (allowed: {list(allowed)})")
+    return allowed[index]
 
 
-def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads ids to the longest row (rounded up to `multiple`: fewer distinct shapes, whose
-    compiled kernels a graph runtime keeps); returns (input_ids, attention_mask) INT64 [B, L]."""
-    length = padded_length(max(len(row) for row in rows), multiple)
+def pad_batch(
+    rows: Sequence[np.ndarray], pad_id: int = 0, multiple: int = 1, allowed: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads ids to the longest row (rounded up to `multiple`, or to `allowed`, see
+    `padded_length`: fewer distinct shapes, whose compiled kernels a graph runtime keeps); returns
+    (input_ids, attention_mask) INT64 [B, L]."""
+    length = padded_length(max(len(row) for row in rows), multiple, allowed)
     ids = np.full((len(rows), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), length), dtype=np.int64)
     for index, row in enumerate(rows):
@@ -127,9 +139,9 @@ def pad_batch(rows: Sequence[np.ndarray], pad_id: int = 0, multiple: int = 1) ->
     return ids, mask
 
 
-def padded_tokens(lengths: Sequence[int], multiple: int = 1) -> int:
-    """What a padded batch of these lengths computes on: rows x longest (rounded up to `multiple`)."""
-    return len(lengths) * padded_length(max(lengths), multiple) if lengths else 0
+def padded_tokens(lengths: Sequence[int], multiple: int = 1, allowed: Sequence[int] = ()) -> int:
+    """What a padded batch of these lengths computes on: rows x `padded_length` of the longest."""
+    return len(lengths) * padded_length(max(lengths), multiple, allowed) if lengths else 0
 
 
 def _tokenizer_config(model_dir: Path) -> dict:

@@ -18,16 +18,6 @@ from predictor.runtime import Runtime
 logger = logging.getLogger("kembed.predictor")
 
 BACKENDS = ("auto", "native", "transformers", "openvino")
-# The bundled model's NNCF int8 IR computes wrong vectors at one sequence length: padded to exactly 32
-# tokens, texts of 19, 23 and 30 tokens gave cosine 0.985, 0.819 and 0.877 to fp32, while at 31, 33 and
-# every other length tried they gave >= 0.997 (bf16 and fp32 are exact at every length; OpenVINO 2026.4 CPU
-# plugin). Calibrating on padded batches did not change it. Until the export checks every length the server
-# pads to, int8 is refused.
-INT8_REFUSED = (
-    "--dtype int8 is refused: the int8 IR gave wrong vectors at some padded lengths (cosine 0.82 to fp32 at "
-    "32 tokens, >= 0.997 elsewhere); use bfloat16 or float32. `kembed-export --int8` still writes an IR "
-    "for offline evaluation"
-)
 
 
 def choose_backend(backend: str, device: str, dtype: str, spec: ModelSpec) -> str:
@@ -36,8 +26,6 @@ def choose_backend(backend: str, device: str, dtype: str, spec: ModelSpec) -> st
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if dtype == "int8":
-        raise ValueError(INT8_REFUSED)
     ir = ir_path(spec.model_dir, dtype)
     if backend == "openvino":
         if device != "cpu":

@@ -8,7 +8,9 @@ Without --output the IR is written into MODEL_DIR; with it, MODEL_DIR's files ar
 (for a read-only or installed model such as the bundled one). Every IR is checked against the torch
 fp32 model before it is written: the fp32 IR must keep min cosine >= 0.99999 on the gate texts, the
 int8 one `--min_cosine` (default 0.99) on a held-out set (every 5th calibration line, or --held_out),
-and the min/mean cosine is printed. The gate texts' fp32 states are stored beside the IR
+and the min/mean cosine is printed; the int8 IR is also checked with each held-out row padded to every
+length the server pads to by default (length_check.py): failing lengths are recorded (the server avoids
+them), a failing longest length refuses. The gate texts' fp32 states are stored beside the IR
 (`kembed_gate.json`), so the server's precision gate needs no second compilation.
 
 Export imports torch, transformers and (int8) nncf: the `export` extra. Serving needs only openvino.
@@ -29,6 +31,7 @@ import numpy as np
 
 from kembed.model_spec import ModelSpec, Pooling, read_model_spec
 from kembed.tokenization import TextTokenizer, pad_batch
+from predictor.length_check import check_lengths, checked_lengths, spread_over_buckets
 from predictor.openvino_runtime import GATE_FILES, HIDDEN_OUTPUT, IR_DIR, IR_FILES, MEAN, cpu_computes_bf16
 from predictor.pooling import pool_padded_numpy
 from predictor.precision import GATE_TEXTS, min_cosine
@@ -37,6 +40,7 @@ logger = logging.getLogger("kembed.export")
 
 FP32_MIN_COSINE = 0.99999
 GATE_HELD_OUT = 64
+SERVED_MULTIPLE = 16  # the predictor's default --pad_to_multiple_of: the lengths the export checks
 BATCH = 16
 
 
@@ -52,8 +56,9 @@ class TorchReference:
         self.pad_id = pad_id
         self.token_types = "token_type_ids" in self.model.forward.__code__.co_varnames
 
-    def inputs(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        ids, mask = pad_batch(rows, self.pad_id)
+    def inputs(self, rows: Sequence[np.ndarray], length: int = 1) -> dict[str, np.ndarray]:
+        """Padded to the longest row, or to exactly `length` where it is at least that long."""
+        ids, mask = pad_batch(rows, self.pad_id, length)
         inputs = {"input_ids": ids, "attention_mask": mask}
         if self.token_types:
             inputs["token_type_ids"] = np.zeros_like(ids)
@@ -109,8 +114,8 @@ def compiled_hidden(graph: object, hint: str, inputs_of: Callable) -> Callable:
 
     request = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": hint}).create_infer_request()
 
-    def hidden(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        inputs = inputs_of(rows)
+    def hidden(rows: Sequence[np.ndarray], length: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        inputs = inputs_of(rows, length)
         return request.infer(inputs)[HIDDEN_OUTPUT], inputs["attention_mask"]
 
     return hidden
@@ -185,18 +190,32 @@ def export(args: argparse.Namespace) -> int:
 
     hint = "bf16" if cpu_computes_bf16(ov.Core()) else "f32"  # as the server will run it
     held_rows = tokenizer.encode(held_out)
-    got = cosines(pooled(reference.hidden, held_rows, spec.pooling),
-                  pooled(compiled_hidden(quantized, hint, reference.inputs), held_rows, spec.pooling))
+    int8_hidden = compiled_hidden(quantized, hint, reference.inputs)
+    got = cosines(pooled(reference.hidden, held_rows, spec.pooling), pooled(int8_hidden, held_rows, spec.pooling))
     print(f"int8 IR ({hint} hint) vs torch fp32 ({spec.pooling} pooling): min cosine {got.min():.5f}, "
           f"mean {got.mean():.5f}")
     if got.min() < args.min_cosine:
         print(f"refusing to write the int8 IR: min cosine below --min_cosine {args.min_cosine}", file=sys.stderr)
         return 1
+    # The same check the server runs at load: every length it pads to (by default), each held-out row
+    # padded to it; failing lengths are recorded (the server avoids them), a failing longest one refuses.
+    held_reference = pooled(reference.hidden, held_rows, MEAN)
+    lengths = checked_lengths(SERVED_MULTIPLE, spec.max_seq_length, [len(row) for row in held_rows])
+    check = check_lengths(lambda rows, length: pool_padded_numpy(*int8_hidden(rows, length), MEAN), held_rows,
+                          held_reference, lengths, args.min_cosine)
+    print(f"int8 IR at every padded length (multiples of {SERVED_MULTIPLE}): {check.summary()}")
+    try:
+        check.require_servable("kembed-export --int8")
+    except RuntimeError as refused:
+        print(f"refusing to write the int8 IR: {refused}", file=sys.stderr)
+        return 1
     print(f"wrote {save(quantized, ir_dir, IR_FILES['int8'])}")
-    # The server's int8 gate repeats this check on up to GATE_HELD_OUT of these texts, at the same bar.
-    kept = held_rows[:GATE_HELD_OUT]
+    # The server repeats the length check on up to GATE_HELD_OUT of these texts (spread over 16-token
+    # length buckets, so that each length has rows of its own), at the same bar.
+    kept = [held_rows[i] for i in spread_over_buckets([len(row) for row in held_rows], GATE_HELD_OUT)]
     gate = {"rows": [row.tolist() for row in kept], "mean_pooled": pooled(reference.hidden, kept, MEAN).tolist(),
-            "min_cosine": args.min_cosine, "source": "held-out texts of kembed-export --int8, torch float32"}
+            "min_cosine": args.min_cosine, "avoided_lengths": check.avoided,
+            "source": "held-out texts of kembed-export --int8, torch float32"}
     (ir_dir / GATE_FILES["int8"]).write_text(json.dumps(gate))
     return 0
 

@@ -9,7 +9,8 @@ second. The IR is `<model_dir>/openvino/openvino_model.xml` (`..._qint8_quantize
 
 The gate (precision.py): with the bf16 hint or the int8 IR, the rows `kembed-export` stored beside the
 IR (`kembed_gate*.json`: token ids and their fp32 torch mean-pooled states) are embedded and compared; an
-IR without that file is measured against the fp32 IR compiled in f32 (a slower start, logged).
+IR without that file is measured against the fp32 IR compiled in f32 (a slower start, logged). int8 is
+measured at every length a batch may be padded to and serves only the lengths that pass (length_check.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import numpy as np
 
 from kembed.model_spec import ModelSpec, Pooling
 from kembed.tokenization import pad_batch
+from predictor.length_check import check_lengths, checked_lengths
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
-from predictor.precision import min_cosine, passes_gate, synthetic_gate_rows
+from predictor.precision import MIN_COSINE, min_cosine, passes_gate, synthetic_gate_rows
 from predictor.resources import onednn_cache_capacity
 from predictor.runtime import Runtime
 
@@ -173,14 +175,34 @@ class OpenVINORuntime(Runtime):
             reference_request = self._compile("f32", reference_ir).create_infer_request()
             reference = pool_padded_numpy(*self._hidden(rows, reference_request), MEAN)
             source = f"{fp32_ir.name} in f32 on {len(rows)} gate texts"
-        self.min_cosine = min_cosine(reference, self.hidden_mean(rows))
         measured = f"openvino {dtype} ({self.precision_hint} hint) vs {source}"
+        if dtype == "int8":
+            self._check_lengths(rows, reference, threshold or MIN_COSINE["int8"], measured)
+            return
+        self.min_cosine = min_cosine(reference, self.hidden_mean(rows))
         if not passes_gate(dtype, self.min_cosine, required, measured, threshold):
             self.dtype, self.precision_hint = "float32", "f32"
             self._compile_requests("f32")
 
-    def _hidden(self, rows: Sequence[np.ndarray], request: object = None) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of)
+    def _check_lengths(
+        self, rows: Sequence[np.ndarray], reference: np.ndarray, threshold: float, measured: str
+    ) -> None:
+        """int8 serves only the padded lengths at which the gate rows pass (length_check.py)."""
+        lengths = checked_lengths(self.pad_to_multiple_of, self.spec.max_seq_length, [len(row) for row in rows])
+        check = check_lengths(self.hidden_mean, rows, reference, lengths, threshold)
+        logger.info("int8 length check: %s on %d lengths: %s", measured, len(lengths), check.summary())
+        check.require_servable(measured)
+        self.allowed_lengths = check.good
+        self.min_cosine = check.min_cosine
+
+    def _hidden(
+        self, rows: Sequence[np.ndarray], request: object = None, length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Padded as served (`pad_to_multiple_of`, `allowed_lengths`), or to exactly `length`."""
+        if length is None:
+            ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of, self.allowed_lengths)
+        else:
+            ids, mask = pad_batch(rows, self.pad_id, length)
         inputs = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             inputs["token_type_ids"] = np.zeros_like(ids)
@@ -194,9 +216,10 @@ class OpenVINORuntime(Runtime):
         finally:
             self._requests.put(own)
 
-    def hidden_mean(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        """Mean-pooled last hidden states, the quantity the precision gate compares."""
-        return pool_padded_numpy(*self._hidden(rows), MEAN)
+    def hidden_mean(self, rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+        """Mean-pooled last hidden states, the quantity the precision gate compares (padded to exactly
+        `length` where given)."""
+        return pool_padded_numpy(*self._hidden(rows, length=length), MEAN)
 
     def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
         return self.head(pool_padded_numpy(*self._hidden(rows), self.spec.pooling, prompt_lengths))

@@ -30,14 +30,17 @@ class Runtime:
     min_cosine: float | None = None  # measured against float32 when dtype is reduced
     parallel_passes: int = 1  # passes the batcher may run at once (OpenVINO: one per stream)
     pad_to_multiple_of: int = 1  # a padded batch's length is rounded up to this (repeated shapes)
+    allowed_lengths: tuple[int, ...] = ()  # when set, the only padded lengths (int8: those its check passed)
 
     def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
         raise NotImplementedError
 
     def batch_cost(self, lengths: Sequence[int]) -> int:
         """Tokens of work in a batch: its real tokens when packed, rows x longest (rounded up to
-        `pad_to_multiple_of`) when padded."""
-        return sum(lengths) if self.packed else padded_tokens(lengths, self.pad_to_multiple_of)
+        `pad_to_multiple_of`, and to `allowed_lengths` where set) when padded."""
+        if self.packed:
+            return sum(lengths)
+        return padded_tokens(lengths, self.pad_to_multiple_of, self.allowed_lengths)
 
     def warm_up(self) -> None:
         """One pass with a padded attention group: allocations and kernel selection happen here,
