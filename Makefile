@@ -10,6 +10,9 @@ STAMP := $(VENV)/.kembed-installed
 # The bundled model with its OpenVINO IR, exported once (kembed-export) and served by `make serve`.
 MODEL_CACHE := .cache/models/all-minilm-l6-v2
 MODEL_IR := $(MODEL_CACHE)/openvino/openvino_model.xml
+# Its int8 IR, for `make test` only (NNCF calibration on 400 texts the tests do not embed: ~3 min once).
+MODEL_INT8 := .cache/models/all-minilm-l6-v2-int8
+MODEL_INT8_IR := $(MODEL_INT8)/openvino/openvino_model_qint8_quantized.xml
 
 .PHONY: setup serve serve-predictor test lint bench tools clean
 
@@ -25,6 +28,13 @@ $(STAMP): pyproject.toml scripts/install.sh
 $(MODEL_IR): predictor/export.py | $(STAMP)
 	$(VENV)/bin/kembed-export "$$($(PY) -c 'from kembed.cli import bundled_model_dir; print(bundled_model_dir())')" \
 		--output $(MODEL_CACHE)
+
+$(MODEL_INT8_IR): predictor/export.py predictor/length_check.py | $(STAMP)
+	mkdir -p $(dir $(MODEL_INT8))
+	$(PY) -c 'from kembed.corpus import english_corpus; print("\n".join(english_corpus(900)[400:]))' \
+		> $(MODEL_INT8).calibration.txt
+	$(VENV)/bin/kembed-export "$$($(PY) -c 'from kembed.cli import bundled_model_dir; print(bundled_model_dir())')" \
+		--output $(MODEL_INT8) --int8 --calibration $(MODEL_INT8).calibration.txt
 
 setup: $(STAMP) $(MODEL_IR)
 
@@ -42,7 +52,7 @@ tools: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup tools lint
+test: setup tools lint $(MODEL_INT8_IR)
 	$(PY) -m pytest
 
 bench: setup
