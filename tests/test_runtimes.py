@@ -24,6 +24,8 @@ import pytest
 from kembed.cli import bundled_model_dir
 from kembed.corpus import english_corpus
 from kembed.launch import ROOT, Server, start_server
+from kembed.model_spec import read_model_spec
+from kembed.tokenization import TextTokenizer
 from predictor import export as exporter
 from predictor.precision import cpu_has_native_bf16, min_cosine, passes_gate
 from tests.conftest import MODEL_NAME
@@ -197,9 +199,15 @@ def test_int8_serves_only_lengths_its_check_passed_and_matches_sentence_transfor
 ) -> None:
     """The int8 IR has been wrong at one padded length (cosine 0.82 at 32 tokens): served, every length
     a batch runs at has passed the check, and 200 mixed-length texts stay within 0.99 of fp32."""
-    server = serve(tmp_path, int8_exported, "--backend", "openvino", dtype="int8")
+    tokens = TextTokenizer.for_model(read_model_spec(int8_exported)).encode(TEXTS)
+    assert sum(16 < len(row) <= 32 for row in tokens) >= 10  # texts that would run at 32 unchecked
+    order = sorted(range(len(TEXTS)), key=lambda i: len(tokens[i]))  # requests of like lengths: one
+    server = serve(tmp_path, int8_exported, "--backend", "openvino", dtype="int8")  # padded length each
     try:
-        got = served_vectors(server.url, TEXTS)
+        got = np.zeros_like(reference)
+        for start in range(0, len(order), 8):
+            chunk = order[start : start + 8]
+            got[chunk] = served_vectors(server.url, [TEXTS[i] for i in chunk])
     finally:
         server.stop()
     log = server.log()
@@ -212,7 +220,6 @@ def test_int8_serves_only_lengths_its_check_passed_and_matches_sentence_transfor
 
 
 def test_int8_whose_stored_reference_it_misses_is_refused_naming_the_lengths(tmp_path, int8_exported) -> None:
-    from kembed.model_spec import read_model_spec
     from predictor.openvino_runtime import OpenVINORuntime
 
     model_dir = drifted_copy(int8_exported, tmp_path / "drifted", "kembed_gate_qint8.json")
