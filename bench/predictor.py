@@ -4,13 +4,14 @@
         [--batch_sizes 16,32,64] [--backend auto] [--dtype auto] [--model_dir auto] [-- extra predictor flags]
 
 First, in this process, every runtime this machine has (transformers fp32, native fp32/bf16, OpenVINO
-fp32/bf16 where the model dir has the IR; `make setup` exports them to .cache/models) embeds the
+fp32/bf16 where the model dir has the IR, int8 where it or .cache/models/all-minilm-l6-v2-int8 has one;
+`make setup` and `make test` export them) embeds the
 same corpus in length-sorted batches of the best size: texts/s and min cosine to transformers fp32 (what
 sentence-transformers computes). Then the predictor serves the corpus with `--backend/--dtype` at
 concurrency 1, 8, 16 and 32 (1 text per request, then 32 per request). `--model_dir auto` is
 .cache/models/all-minilm-l6-v2 when it has an IR, else the bundled model. Printed per row: the ratio to
 the transformers fp32 in-process limit (the headline), to the served runtime's own in-process limit,
-and to its window limit: the same runtime batched by the predictor's own batch selection when only
+and to its window limit: the same runtime behind the predictor's own Batcher, without HTTP, when only
 `concurrency x texts per request` texts are visible at a time, which is all a server can see.
 """
 
@@ -36,12 +37,14 @@ MODEL = "minilm"
 PER_REQUEST = (1, 32)
 CONCURRENCY = (1, 8, 16, 32)  # 8 and 16: candidates for the manifests' scaleTarget
 EXPORTED = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup` (kembed-export)
+EXPORTED_INT8 = ROOT / ".cache" / "models" / "all-minilm-l6-v2-int8"  # `make test` (kembed-export --int8)
 RUNTIMES = [
     ("transformers", "float32"),
     ("native", "float32"),
     ("native", "bfloat16"),
     ("openvino", "float32"),
     ("openvino", "bfloat16"),
+    ("openvino", "int8"),  # from EXPORTED_INT8 when the model dir has no int8 IR
 ]
 
 
@@ -146,7 +149,8 @@ def runtime_table(model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ..
     results: dict[tuple[str, str], dict] = {}
     reference = None
     for backend, dtype in RUNTIMES:
-        runtime, tokenizer = load(model_dir, backend, dtype)
+        int8_here = (model_dir / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
+        runtime, tokenizer = load(EXPORTED_INT8 if dtype == "int8" and not int8_here else model_dir, backend, dtype)
         if runtime is None:
             continue
         size, rate, vectors = in_process_limit(runtime, tokenizer.encode(corpus), batch_sizes)
