@@ -29,7 +29,7 @@ $(MODEL_IR): predictor/export.py | $(STAMP)
 	$(VENV)/bin/kembed-export "$$($(PY) -c 'from kembed.cli import bundled_model_dir; print(bundled_model_dir())')" \
 		--output $(MODEL_CACHE)
 
-$(MODEL_INT8_IR): predictor/export.py predictor/length_check.py | $(STAMP)
+$(MODEL_INT8_IR): predictor/export.py predictor/length_check.py kembed/corpus.py | $(STAMP)
 	mkdir -p $(dir $(MODEL_INT8))
 	$(PY) -c 'from kembed.corpus import english_corpus; print("\n".join(english_corpus(900)[400:]))' \
 		> $(MODEL_INT8).calibration.txt

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import random
 import re
 import warnings
@@ -66,7 +68,10 @@ def _docstrings() -> list[str]:
             continue
         with warnings.catch_warnings():  # typing.re and friends warn when touched
             warnings.simplefilter("ignore", DeprecationWarning)
-            objects = [module, *(getattr(module, attr) for attr in dir(module) if not attr.startswith("_"))]
+            # Submodules are attributes only once something imported them: leaving them out keeps the
+            # corpus the same whatever the process imported before.
+            attributes = (getattr(module, attr) for attr in dir(module) if not attr.startswith("_"))
+            objects = [module, *(obj for obj in attributes if not inspect.ismodule(obj))]
             docs = [getattr(obj, "__doc__", None) for obj in objects]
         for doc in docs:
             if isinstance(doc, str):
@@ -84,8 +89,10 @@ def english_corpus(size: int = 2000, seed: int = 0) -> list[str]:
         if 3 <= words <= 300 and re.search(r"[a-z]{3}", text) and text not in seen:
             seen.add(text)
             paragraphs.append(text)
+    # Ordered by a hash of each text, not shuffled as a list: a paragraph that another import changed
+    # (a library replacing a stdlib function, say) then moves no other paragraph.
+    paragraphs.sort(key=lambda text: hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest())
     rng = random.Random(seed)
-    rng.shuffle(paragraphs)
     while len(paragraphs) < size:  # extend with sentence pairs if the docs run short
         a, b = rng.sample(paragraphs, 2)
         paragraphs.append(f"{a} {b}")
