@@ -148,9 +148,10 @@ def runtime_table(model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ..
 
     results: dict[tuple[str, str], dict] = {}
     reference = None
+    int8_here = (model_dir / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
+    int8_dir = model_dir if int8_here else EXPORTED_INT8
     for backend, dtype in RUNTIMES:
-        int8_here = (model_dir / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
-        runtime, tokenizer = load(EXPORTED_INT8 if dtype == "int8" and not int8_here else model_dir, backend, dtype)
+        runtime, tokenizer = load(int8_dir if dtype == "int8" else model_dir, backend, dtype)
         if runtime is None:
             continue
         size, rate, vectors = in_process_limit(runtime, tokenizer.encode(corpus), batch_sizes)

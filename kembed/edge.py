@@ -139,7 +139,6 @@ def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorCon
     """
     for name in ("kserve", "kserve.trace"):  # kserve's servers, and its clients (the transformer's hop)
         logging.getLogger(name).addFilter(ClientErrorsOneLine())
-    latency_logging = args.enable_latency_logging or args.latency_logging
     server = EdgeModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -151,7 +150,7 @@ def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorCon
         workers=1,
         max_threads=args.max_threads,
         grace_period=args.grace_period_seconds,
-        enable_latency_logging=latency_logging,
+        enable_latency_logging=args.enable_latency_logging or args.latency_logging,
         predictor_config=predictor_config,
         http_protocol=timed_protocol(args.header_timeout_seconds, args.body_timeout_seconds),
     )

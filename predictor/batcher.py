@@ -134,10 +134,15 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._pending)
 
+    @property
+    def seconds_per_queued_token(self) -> float:
+        """How much a queued token adds to the wait: parallel passes share the queue."""
+        return self.seconds_per_token / self.parallel_passes
+
     def expected_wait(self, extra_tokens: int = 0) -> float:
         """Seconds until what waits now (plus `extra_tokens`) has had its pass."""
         running = self.last_batch_seconds if self._in_pass else 0.0
-        return running + (self._pending_tokens + extra_tokens) * self.seconds_per_token / self.parallel_passes
+        return running + (self._pending_tokens + extra_tokens) * self.seconds_per_queued_token
 
     async def embed(self, rows: Sequence[np.ndarray], prompt_length: int = 0) -> np.ndarray:
         """Embeds rows of token ids that start with ``prompt_length`` prompt tokens (pooling may leave
@@ -188,7 +193,7 @@ class Batcher:
         queued = 0
         for item in self._pending:  # oldest first, as batches are built around the oldest item
             queued += len(item.ids)
-            if queued * self.seconds_per_token / self.parallel_passes > budget and not item.future.done():
+            if queued * self.seconds_per_queued_token > budget and not item.future.done():
                 item.future.set_exception(
                     Unavailable("the server is shutting down and cannot finish this request in time", 1)
                 )

@@ -212,8 +212,8 @@ def export(args: argparse.Namespace) -> int:
     print(f"wrote {save(quantized, ir_dir, IR_FILES['int8'])}")
     # The server repeats the length check on up to GATE_HELD_OUT of these texts (spread over 16-token
     # length buckets, so that each length has rows of its own), at the same bar.
-    kept = [held_rows[i] for i in spread_over_buckets([len(row) for row in held_rows], GATE_HELD_OUT)]
-    gate = {"rows": [row.tolist() for row in kept], "mean_pooled": pooled(reference.hidden, kept, MEAN).tolist(),
+    kept = spread_over_buckets([len(row) for row in held_rows], GATE_HELD_OUT)
+    gate = {"rows": [held_rows[i].tolist() for i in kept], "mean_pooled": held_reference[kept].tolist(),
             "min_cosine": args.min_cosine, "avoided_lengths": check.avoided,
             "source": "held-out texts of kembed-export --int8, torch float32"}
     (ir_dir / GATE_FILES["int8"]).write_text(json.dumps(gate))
