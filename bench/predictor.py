@@ -32,6 +32,7 @@ from kembed.cli import bundled_model_dir
 from kembed.corpus import english_corpus
 from kembed.launch import ROOT, start_server
 from kembed.loadgen import closed_loop
+from predictor.batcher import BatchLimits
 
 MODEL = "minilm"
 PER_REQUEST = (1, 32)
@@ -201,7 +202,9 @@ def main() -> None:
     own = table.get((backend, dtype))
     runtime, tokenizer = load(model_dir, backend, dtype)
     token_rows = tokenizer.encode(corpus)
-    pass_cost = runtime.measure_pass_cost_tokens() if not runtime.packed else 0.0
+    limits = BatchLimits()
+    speed = runtime.measure_speed(limits.max_batch_size, limits.max_batch_tokens, pass_cost=not runtime.packed)
+    pass_cost = speed.pass_cost_tokens
     windows = {w: window_limit(runtime, token_rows, w, pass_cost) for w in sorted({r["window"] for r in rows})}
     print(f"\nserved: {loaded}")
     print(f"transformers fp32 in-process limit {baseline:.1f} texts/s; {backend} {dtype} in-process limit "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import TypeVar
 
 from tokenizers import Encoding, Tokenizer
@@ -38,9 +39,15 @@ class PrefixEncoder:
 
     def __init__(self, backend: Tokenizer):
         self._backend = backend
-        self._probe = Tokenizer.from_str(backend.to_str())
-        self._probe.no_truncation()
-        self._probe.no_padding()
+
+    @cached_property
+    def _probe(self) -> Tokenizer:
+        """The backend without truncation, copied when a text first needs it (a copy costs ~50 ms of
+        a cold start, and only texts far over the limit use it)."""
+        probe = Tokenizer.from_str(self._backend.to_str())
+        probe.no_truncation()
+        probe.no_padding()
+        return probe
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoding]:
         truncation = self._backend.truncation

@@ -54,19 +54,16 @@ class EmbeddingModel(Model):
             self.spec, settings.backend, self.device, dtype, threads, self.tokenizer.pad_id,
             gate_rows=gate_tokenizer.encode(GATE_TEXTS), dtype_required=settings.dtype != "auto",
             openvino_hint=settings.openvino_hint, pad_to_multiple_of=settings.pad_to_multiple_of,
+            openvino_cache_dir=settings.openvino_cache_dir,
         )
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).
-        pass_cost = settings.pass_cost_tokens
-        if pass_cost < 0 and not encoder.packed:
-            pass_cost = encoder.measure_pass_cost_tokens()
-        else:
-            pass_cost = max(pass_cost, 0.0)
-            encoder.warm_up()
+        measure = settings.pass_cost_tokens < 0 and not encoder.packed
+        speed = encoder.measure_speed(settings.max_batch_size, settings.max_batch_tokens, pass_cost=measure)
+        pass_cost = speed.pass_cost_tokens if measure else max(settings.pass_cost_tokens, 0.0)
         self.batcher = Batcher(
             encoder, settings.limits, self.name, pass_cost_tokens=pass_cost, cost=encoder.batch_cost,
-            seconds_per_token=encoder.measure_seconds_per_token(settings.max_batch_size, settings.max_batch_tokens),
-            parallel_passes=encoder.parallel_passes,
+            seconds_per_token=speed.seconds_per_token, parallel_passes=encoder.parallel_passes,
         )
         seconds = time.perf_counter() - started
         metrics.MODEL_LOAD_SECONDS.labels(model=self.name).set(seconds)

@@ -15,6 +15,7 @@ measured at every length a batch may be padded to and serves only the lengths th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -28,7 +29,7 @@ from kembed.tokenization import pad_batch
 from predictor.length_check import check_lengths, checked_lengths
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
-from predictor.precision import MIN_COSINE, min_cosine, passes_gate, synthetic_gate_rows
+from predictor.precision import CPUINFO, MIN_COSINE, cpu_flags, min_cosine, passes_gate, synthetic_gate_rows
 from predictor.resources import onednn_cache_capacity
 from predictor.runtime import Runtime
 
@@ -72,6 +73,40 @@ def cpu_computes_bf16(core: object) -> bool:
 HINTS = ("throughput", "latency")
 
 
+def cpu_cache_key(core: object, cpuinfo: Path = CPUINFO) -> str:
+    """Names the compile-cache subdirectory of this CPU and OpenVINO version. OpenVINO's own key for a CPU
+    blob is the model, the compile options and the CPU's brand string, which a VM may report alike for
+    different CPUs; the blob holds the model as transformed for the CPU that compiled it. With its ISA
+    flags in the directory name, a blob compiled elsewhere is never found here: it is a miss, and a miss
+    compiles."""
+    import openvino as ov
+
+    try:
+        model = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    identity = "\n".join([ov.get_version(), core.get_property("CPU", "FULL_DEVICE_NAME"), model,
+                          " ".join(sorted(cpu_flags(cpuinfo)))])
+    return "cpu-" + hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def use_compile_cache(core: object, cache_dir: str) -> Path | None:
+    """Points OpenVINO's model cache (CACHE_DIR) at this CPU's subdirectory of `cache_dir`; compile_model
+    then imports the blob a previous start wrote instead of compiling (or compiles and writes one).
+    A directory that cannot be created (a read-only one without this CPU's subdirectory) means no cache:
+    logged, and the start goes on. A read-only directory that has it is read; an unwritable one that
+    lacks a blob just compiles (OpenVINO ignores the failed write), and a truncated blob is recompiled."""
+    if not cache_dir:
+        return None
+    path = Path(cache_dir) / cpu_cache_key(core)
+    try:
+        core.set_property({"CACHE_DIR": str(path)})
+    except RuntimeError as exc:
+        logger.warning("openvino compile cache off: %s", str(exc).strip().splitlines()[-1])
+        return None
+    return path
+
+
 class OpenVINORuntime(Runtime):
     """Compiles the IR for the CPU: `threads` inference threads, OpenVINO's performance `hint`, and the
     inference precision `dtype` asks for (bf16 where the CPU computes it; int8 runs its quantized IR
@@ -87,6 +122,7 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
     packed = False
+    loaded_from_cache = False  # compile_model imported a blob from the compile cache
 
     def __init__(
         self,
@@ -98,6 +134,7 @@ class OpenVINORuntime(Runtime):
         dtype_required: bool = True,
         hint: str = "throughput",
         pad_to_multiple_of: int = 16,
+        cache_dir: str = "",
     ):
         import openvino as ov
 
@@ -115,6 +152,7 @@ class OpenVINORuntime(Runtime):
         if not path.is_file():
             raise FileNotFoundError(missing_ir_message(spec.model_dir, dtype))
         self._core = ov.Core()
+        self.cache_dir = use_compile_cache(self._core, cache_dir)
         bf16 = cpu_computes_bf16(self._core)
         if dtype == "bfloat16" and not bf16:
             if dtype_required:
@@ -149,6 +187,10 @@ class OpenVINORuntime(Runtime):
     def _compile_requests(self, precision: str) -> None:
         """One infer request per stream: the passes the batcher may run at once."""
         compiled = self._compile(precision)
+        if self.cache_dir is not None:
+            self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
+            logger.info("openvino compile cache %s: %s", self.cache_dir,
+                        f"{precision} imported" if self.loaded_from_cache else f"miss, {precision} compiled")
         self.streams = int(compiled.get_property("NUM_STREAMS"))
         self.parallel_passes = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests: queue.SimpleQueue[object] = queue.SimpleQueue()

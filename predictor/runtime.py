@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from kembed.model_spec import ModelSpec
 from kembed.tokenization import padded_tokens
 from predictor.pooling import PromptLengths
+
+
+@dataclass(frozen=True)
+class Speed:
+    pass_cost_tokens: float  # the fixed cost of a forward pass, in tokens of work
+    seconds_per_token: float  # of a well-filled pass
 
 
 class Runtime:
@@ -42,40 +49,31 @@ class Runtime:
             return sum(lengths)
         return padded_tokens(lengths, self.pad_to_multiple_of, self.allowed_lengths)
 
-    def warm_up(self) -> None:
-        """One pass with a padded attention group: allocations and kernel selection happen here,
-        not in the first request."""
-        longest = min(16, self.spec.max_seq_length)
-        self([np.full(length, self.pad_id, dtype=np.int64) for length in (longest, max(1, longest - 4))])
-
-    def measure_pass_cost_tokens(self, repeats: int = 2) -> float:
-        """The fixed cost of one forward pass, in tokens: how many tokens of work a pass costs
-        before its first token. Fits time = fixed + per_token x tokens through a 1 x 16 and a
-        4 x 64 batch; this is also the warm-up. Small on a CPU, large on a GPU."""
-        small = [np.full(16, self.pad_id, dtype=np.int64)]
-        large = [np.full(64, self.pad_id, dtype=np.int64)] * 4
-
-        def best_seconds(rows: list[np.ndarray]) -> float:
-            timings = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                self(rows)
-                timings.append(time.perf_counter() - started)
-            return min(timings)
-
-        self.warm_up()
-        t_small, t_large = best_seconds(small), best_seconds(large)
-        per_token = max(t_large - t_small, 1e-9) / (4 * 64 - 16)
-        return max(0.0, t_small / per_token - 16)
-
-    def measure_seconds_per_token(self, max_batch_size: int, max_batch_tokens: int) -> float:
-        """Seconds per token of a well-filled pass (the batcher's first estimate of queue wait)."""
+    def measure_speed(self, max_batch_size: int, max_batch_tokens: int, pass_cost: bool = True) -> Speed:
+        """What the batcher starts from, measured here: seconds per token of a filled pass (up to
+        4 x 64 tokens) and, with `pass_cost`, the fixed cost of a pass in tokens, fitting
+        time = fixed + per_token x tokens through that pass and a 1 x 16 one (small on a CPU, large on
+        a GPU). Each shape runs twice and the faster run counts: the first is that shape's warm-up,
+        where allocations and kernel selection happen (here, not in the first request)."""
         length = min(64, self.spec.max_seq_length)
-        count = max(1, min(max_batch_size, max_batch_tokens // length, 8))
-        rows = [np.full(length, self.pad_id, dtype=np.int64)] * count
-        started = time.perf_counter()
-        self(rows)
-        return (time.perf_counter() - started) / (length * len(rows))
+        count = max(1, min(max_batch_size, max_batch_tokens // length, 4))
+        large_tokens = length * count
+        t_large = self._best_seconds([np.full(length, self.pad_id, dtype=np.int64)] * count)
+        seconds_per_token = t_large / large_tokens
+        if not pass_cost:
+            return Speed(0.0, seconds_per_token)
+        small = min(16, self.spec.max_seq_length)
+        t_small = self._best_seconds([np.full(small, self.pad_id, dtype=np.int64)])
+        per_token = max(t_large - t_small, 1e-9) / max(large_tokens - small, 1)
+        return Speed(max(0.0, t_small / per_token - small), seconds_per_token)
+
+    def _best_seconds(self, rows: list[np.ndarray], runs: int = 2) -> float:
+        timings = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            self(rows)
+            timings.append(time.perf_counter() - started)
+        return min(timings)
 
     def memory_bytes(self) -> int:
         return 0
