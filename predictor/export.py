@@ -11,7 +11,9 @@ int8 one `--min_cosine` (default 0.99) on a held-out set (every 5th calibration 
 and the min/mean cosine is printed; the int8 IR is also checked with each held-out row padded to every
 length the server pads to by default (length_check.py): failing lengths are recorded (the server avoids
 them), a failing longest length refuses. The gate texts' fp32 states are stored beside the IR
-(`kembed_gate.json`), so the server's precision gate needs no second compilation.
+(`kembed_gate.json`), so the server's precision gate needs no second compilation. For BERT-family
+models (those `bert.py` builds) kembed's packed IR is written too (`kembed_packed.xml`, see
+packed_layout.py), checked like the fp32 IR; the server prefers it.
 
 Export imports torch, transformers and (int8) nncf: the `export` extra. Serving needs only openvino.
 """
@@ -32,7 +34,8 @@ import numpy as np
 from kembed.model_spec import ModelSpec, Pooling, read_model_spec
 from kembed.tokenization import TextTokenizer, pad_batch
 from predictor.length_check import check_lengths, checked_lengths, spread_over_buckets
-from predictor.openvino_runtime import GATE_FILES, HIDDEN_OUTPUT, IR_DIR, IR_FILES, MEAN, cpu_computes_bf16
+from predictor.openvino_runtime import GATE_FILES, HIDDEN_OUTPUT, IR_DIR, IR_FILES, MEAN, PACKED_FILE, cpu_computes_bf16
+from predictor.packed_layout import packed_inputs
 from predictor.pooling import pool_padded_numpy
 from predictor.precision import GATE_TEXTS, min_cosine
 
@@ -158,6 +161,28 @@ def quantize(graph: object, rows: Sequence[np.ndarray], inputs_of: Callable) -> 
     return nncf.quantize(graph, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(rows))
 
 
+def export_packed(source: Path, ir_dir: Path, gate_rows: list[np.ndarray], expected: np.ndarray, pad_id: int) -> int:
+    """The packed IR, where bert.py builds the model: checked in f32 against torch fp32 on the gate
+    texts, in one mixed-length batch (the layout's point), like the fp32 IR."""
+    from predictor.bert import unsupported_reason
+
+    if (reason := unsupported_reason(source)) is not None:
+        (ir_dir / PACKED_FILE).unlink(missing_ok=True)
+        print(f"no packed IR ({reason}): the server pads")
+        return 0
+    from predictor.packed_graph import convert_packed
+
+    graph = convert_packed(source, gate_rows[:3], pad_id)
+    packed_hidden = compiled_hidden(graph, "f32", lambda rows, length: packed_inputs(rows, pad_id, 16))
+    cosine = min_cosine(expected, pool_padded_numpy(*packed_hidden(gate_rows), MEAN))
+    print(f"packed IR vs torch fp32 on {len(gate_rows)} gate texts in one batch: min cosine {cosine:.7f}")
+    if cosine < FP32_MIN_COSINE:
+        print(f"refusing to write the packed IR: below {FP32_MIN_COSINE}", file=sys.stderr)
+        return 1
+    print(f"wrote {save(graph, ir_dir, PACKED_FILE)}")
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     source = Path(args.model_dir)
     output = Path(args.output) if args.output else source
@@ -179,6 +204,8 @@ def export(args: argparse.Namespace) -> int:
     gate = {"rows": [row.tolist() for row in gate_rows], "mean_pooled": expected.tolist(),
             "source": "transformers AutoModel, torch float32, mean of last_hidden_state"}
     (ir_dir / GATE_FILES["float32"]).write_text(json.dumps(gate))
+    if export_packed(source, ir_dir, gate_rows, expected, tokenizer.pad_id) != 0:
+        return 1
     if not args.int8:
         return 0
     texts = read_lines(Path(args.calibration))

@@ -6,6 +6,9 @@ second. The IR is `<model_dir>/openvino/openvino_model.xml` (`..._qint8_quantize
 `SentenceTransformer(dir, backend="openvino")` saves it and `kembed-export` writes it: inputs
 `input_ids`, `attention_mask` (and `token_type_ids` where the model has them), output
 `last_hidden_state` [B, L, H]. Pooling and the model's head then run in numpy (`pooling.py`, `postprocess.py`).
+For BERT-family models kembed-export also writes `openvino/kembed_packed.xml`, which computes the same
+states with its linear layers on real tokens only (`packed_layout.py`); `layout` auto serves it when it
+is there (not for int8, whose IR is padded).
 
 The gate (precision.py): with the bf16 hint or the int8 IR, the rows `kembed-export` stored beside the
 IR (`kembed_gate*.json`: token ids and their fp32 torch mean-pooled states) are embedded and compared; an
@@ -27,6 +30,7 @@ import numpy as np
 from kembed.model_spec import ModelSpec, Pooling
 from kembed.tokenization import pad_batch
 from predictor.length_check import check_lengths, checked_lengths
+from predictor.packed_layout import PACKED_INPUTS, packed_cost, packed_inputs
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
 from predictor.precision import CPUINFO, MIN_COSINE, cpu_flags, min_cosine, passes_gate, synthetic_gate_rows
@@ -37,6 +41,7 @@ logger = logging.getLogger("kembed.predictor")
 
 IR_DIR = "openvino"
 IR_FILES = {"float32": "openvino_model.xml", "int8": "openvino_model_qint8_quantized.xml"}
+PACKED_FILE = "kembed_packed.xml"
 GATE_FILES = {"float32": "kembed_gate.json", "int8": "kembed_gate_qint8.json"}
 HIDDEN_OUTPUT = "last_hidden_state"
 MEAN = Pooling(("mean",))  # what the precision gate compares, whatever the model pools
@@ -45,6 +50,10 @@ MEAN = Pooling(("mean",))  # what the precision gate compares, whatever the mode
 def ir_path(model_dir: Path, dtype: str) -> Path:
     """The IR a dtype serves from: the int8 one for int8, the fp32 one (run with a bf16 hint) otherwise."""
     return Path(model_dir) / IR_DIR / IR_FILES["int8" if dtype == "int8" else "float32"]
+
+
+def packed_ir_path(model_dir: Path) -> Path:
+    return Path(model_dir) / IR_DIR / PACKED_FILE
 
 
 def gate_path(model_dir: Path, dtype: str) -> Path:
@@ -71,6 +80,22 @@ def cpu_computes_bf16(core: object) -> bool:
 
 
 HINTS = ("throughput", "latency")
+LAYOUTS = ("auto", "packed", "padded")
+
+
+def choose_layout(model_dir: Path, dtype: str, layout: str) -> str:
+    """packed where asked for or (auto) where its IR exists, except for int8 (a padded IR)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"openvino layout must be one of {LAYOUTS}, got {layout!r}")
+    packed = packed_ir_path(model_dir)
+    if layout == "packed":
+        if dtype == "int8":
+            raise ValueError("--openvino_layout packed: the int8 IR is padded; use auto or padded with int8")
+        if not packed.is_file():
+            raise FileNotFoundError(f"--openvino_layout packed needs {packed}; `kembed-export {model_dir}` writes it "
+                                    "for BERT-family models")
+        return "packed"
+    return "packed" if layout == "auto" and dtype != "int8" and packed.is_file() else "padded"
 
 
 def cpu_cache_key(core: object, cpuinfo: Path = CPUINFO) -> str:
@@ -118,7 +143,9 @@ class OpenVINORuntime(Runtime):
     while independent single-thread passes just share them; a lone text takes about as long on one
     thread as on two.
     Batches are padded to a multiple of `pad_to_multiple_of` tokens: a dynamic-shape model compiles
-    kernels per input shape, and fewer shapes repeat more often (faster, bounded memory)."""
+    kernels per input shape, and fewer shapes repeat more often (faster, bounded memory).
+    `layout` packed serves kembed's packed IR (packed_layout.py): a batch then costs its tokens plus
+    its attention grid instead of rows x longest, so mixed lengths batch together."""
 
     backend = "openvino"
     packed = False
@@ -135,6 +162,7 @@ class OpenVINORuntime(Runtime):
         hint: str = "throughput",
         pad_to_multiple_of: int = 16,
         cache_dir: str = "",
+        layout: str = "auto",
     ):
         import openvino as ov
 
@@ -151,6 +179,10 @@ class OpenVINORuntime(Runtime):
         path = ir_path(spec.model_dir, dtype)
         if not path.is_file():
             raise FileNotFoundError(missing_ir_message(spec.model_dir, dtype))
+        self.layout = choose_layout(spec.model_dir, dtype, layout)
+        if self.layout == "packed":
+            path = packed_ir_path(spec.model_dir)
+        self.ir_file = path
         self._core = ov.Core()
         self.cache_dir = use_compile_cache(self._core, cache_dir)
         bf16 = cpu_computes_bf16(self._core)
@@ -161,11 +193,12 @@ class OpenVINORuntime(Runtime):
             dtype = "float32"
         self._ir = self._core.read_model(str(path))
         self._inputs = {port.get_any_name() for port in self._ir.inputs}
-        missing = {"input_ids", "attention_mask"} - self._inputs
+        needed = set(PACKED_INPUTS) if self.layout == "packed" else {"input_ids", "attention_mask"}
         outputs = {name for port in self._ir.outputs for name in port.get_names()}
-        if missing or HIDDEN_OUTPUT not in outputs:
+        if needed - self._inputs or HIDDEN_OUTPUT not in outputs:
             raise ValueError(f"{path} is not a feature-extraction IR: inputs {sorted(self._inputs)}, outputs "
-                             f"{sorted(outputs)} (need input_ids, attention_mask -> {HIDDEN_OUTPUT})")
+                             f"{sorted(outputs)} (need {', '.join(sorted(needed))} -> {HIDDEN_OUTPUT})")
+        logger.info("openvino: %s layout (%s)", self.layout, path)
         self.dtype = dtype
         self.precision_hint = "bf16" if dtype in ("bfloat16", "int8") and bf16 else "f32"
         self._compile_requests(self.precision_hint)
@@ -209,7 +242,7 @@ class OpenVINORuntime(Runtime):
             threshold = gate.get("min_cosine")
             source = f"kembed-export's torch float32 reference on {len(rows)} texts"
         else:
-            fp32_ir = ir_path(self.spec.model_dir, "float32")
+            fp32_ir = ir_path(self.spec.model_dir, "float32") if dtype == "int8" else self.ir_file
             if not fp32_ir.is_file():
                 raise FileNotFoundError(f"no {stored} and no {fp32_ir}: nothing to measure {dtype} against")
             logger.info("no %s: compiling %s in f32 too, for the precision gate", stored, fp32_ir)
@@ -240,14 +273,19 @@ class OpenVINORuntime(Runtime):
     def _hidden(
         self, rows: Sequence[np.ndarray], request: object = None, length: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Padded as served (`pad_to_multiple_of`, `allowed_lengths`), or to exactly `length`."""
-        if length is None:
-            ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of, self.allowed_lengths)
+        """Padded as served (`pad_to_multiple_of`, `allowed_lengths`), or to exactly `length`; [B, L, H]
+        states and their mask (the packed IR's grid is such a batch)."""
+        if self.layout == "packed":
+            inputs = packed_inputs(rows, self.pad_id, length or self.pad_to_multiple_of)
+            mask = inputs["attention_mask"]
         else:
-            ids, mask = pad_batch(rows, self.pad_id, length)
-        inputs = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            inputs["token_type_ids"] = np.zeros_like(ids)
+            if length is None:
+                ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of, self.allowed_lengths)
+            else:
+                ids, mask = pad_batch(rows, self.pad_id, length)
+            inputs = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._inputs:
+                inputs["token_type_ids"] = np.zeros_like(ids)
         if request is not None:
             return request.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
         own = self._requests.get()  # one per stream; the batcher runs at most that many passes at once
@@ -257,6 +295,11 @@ class OpenVINORuntime(Runtime):
             return own.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
         finally:
             self._requests.put(own)
+
+    def batch_cost(self, lengths: Sequence[int]) -> int:
+        if self.layout == "packed":
+            return packed_cost(lengths, self.pad_to_multiple_of, self.spec.hidden_size)
+        return super().batch_cost(lengths)
 
     def hidden_mean(self, rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
         """Mean-pooled last hidden states, the quantity the precision gate compares (padded to exactly

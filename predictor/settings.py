@@ -28,6 +28,10 @@ class PredictorSettings(ServerSettings):
     openvino_hint: str = knob("throughput", "OpenVINO's performance hint: throughput (the threads split into "
                               "streams, one forward pass each at once, none stalls while the server's own thread "
                               "runs) | latency (one stream of all threads)", choices=("throughput", "latency"))
+    openvino_layout: str = knob("auto", "which OpenVINO IR: packed (kembed_packed.xml from kembed-export, BERT-family "
+                                "models: linear layers on real tokens only, mixed lengths batch together) | padded "
+                                "(openvino_model.xml) | auto (packed where its IR exists, padded for int8)",
+                                choices=("auto", "packed", "padded"))
     pad_to_multiple_of: int = knob(16, "OpenVINO pads a batch's length up to a multiple of this: fewer distinct "
                                    "shapes, whose compiled kernels it keeps (1 = the longest row)", unit="tokens")
     openvino_cache_dir: str = knob("", "OpenVINO's compile cache (CACHE_DIR): a start whose CPU, OpenVINO version, IR "
