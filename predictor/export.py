@@ -35,7 +35,7 @@ from kembed.model_spec import ModelSpec, Pooling, read_model_spec
 from kembed.tokenization import TextTokenizer, pad_batch
 from predictor.length_check import check_lengths, checked_lengths, spread_over_buckets
 from predictor.openvino_runtime import GATE_FILES, HIDDEN_OUTPUT, IR_DIR, IR_FILES, MEAN, PACKED_FILE, cpu_computes_bf16
-from predictor.packed_layout import packed_inputs
+from predictor.packed_layout import packed_inputs, pool_grids
 from predictor.pooling import pool_padded_numpy
 from predictor.precision import GATE_TEXTS, min_cosine
 
@@ -170,11 +170,14 @@ def export_packed(source: Path, ir_dir: Path, gate_rows: list[np.ndarray], expec
         (ir_dir / PACKED_FILE).unlink(missing_ok=True)
         print(f"no packed IR ({reason}): the server pads")
         return 0
+    import openvino as ov
+
     from predictor.packed_graph import convert_packed
 
     graph = convert_packed(source, gate_rows[:3], pad_id)
-    packed_hidden = compiled_hidden(graph, "f32", lambda rows, length: packed_inputs(rows, pad_id, 16))
-    cosine = min_cosine(expected, pool_padded_numpy(*packed_hidden(gate_rows), MEAN))
+    request = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+    inputs, grids = packed_inputs(gate_rows, pad_id, SERVED_MULTIPLE)
+    cosine = min_cosine(expected, pool_grids(request.infer(inputs)[HIDDEN_OUTPUT], inputs, grids, MEAN))
     print(f"packed IR vs torch fp32 on {len(gate_rows)} gate texts in one batch: min cosine {cosine:.7f}")
     if cosine < FP32_MIN_COSINE:
         print(f"refusing to write the packed IR: below {FP32_MIN_COSINE}", file=sys.stderr)

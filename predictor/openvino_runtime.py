@@ -30,7 +30,7 @@ import numpy as np
 from kembed.model_spec import ModelSpec, Pooling
 from kembed.tokenization import pad_batch
 from predictor.length_check import check_lengths, checked_lengths
-from predictor.packed_layout import PACKED_INPUTS, packed_cost, packed_inputs
+from predictor.packed_layout import PACKED_INPUTS, packed_cost, packed_inputs, pool_grids
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
 from predictor.precision import CPUINFO, MIN_COSINE, cpu_flags, min_cosine, passes_gate, synthetic_gate_rows
@@ -248,7 +248,7 @@ class OpenVINORuntime(Runtime):
             logger.info("no %s: compiling %s in f32 too, for the precision gate", stored, fp32_ir)
             reference_ir = self._core.read_model(str(fp32_ir))
             reference_request = self._compile("f32", reference_ir).create_infer_request()
-            reference = pool_padded_numpy(*self._hidden(rows, reference_request), MEAN)
+            reference = self._pooled(rows, MEAN, request=reference_request)
             source = f"{fp32_ir.name} in f32 on {len(rows)} gate texts"
         measured = f"openvino {dtype} ({self.precision_hint} hint) vs {source}"
         if dtype == "int8":
@@ -270,29 +270,32 @@ class OpenVINORuntime(Runtime):
         self.allowed_lengths = check.good
         self.min_cosine = check.min_cosine
 
-    def _hidden(
-        self, rows: Sequence[np.ndarray], request: object = None, length: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Padded as served (`pad_to_multiple_of`, `allowed_lengths`), or to exactly `length`; [B, L, H]
-        states and their mask (the packed IR's grid is such a batch)."""
+    def _pooled(
+        self, rows: Sequence[np.ndarray], pooling: Pooling, prompt_lengths: PromptLengths = None,
+        request: object = None, length: int | None = None,
+    ) -> np.ndarray:
+        """Pooled token states, padded as served (`pad_to_multiple_of`, `allowed_lengths`) or to
+        exactly `length`, on this runtime's own infer requests or on `request`."""
         if self.layout == "packed":
-            inputs = packed_inputs(rows, self.pad_id, length or self.pad_to_multiple_of)
-            mask = inputs["attention_mask"]
+            inputs, grids = packed_inputs(rows, self.pad_id, length or self.pad_to_multiple_of)
+            return pool_grids(self._infer(inputs, request), inputs, grids, pooling, prompt_lengths)
+        if length is None:
+            ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of, self.allowed_lengths)
         else:
-            if length is None:
-                ids, mask = pad_batch(rows, self.pad_id, self.pad_to_multiple_of, self.allowed_lengths)
-            else:
-                ids, mask = pad_batch(rows, self.pad_id, length)
-            inputs = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in self._inputs:
-                inputs["token_type_ids"] = np.zeros_like(ids)
+            ids, mask = pad_batch(rows, self.pad_id, length)
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            inputs["token_type_ids"] = np.zeros_like(ids)
+        return pool_padded_numpy(self._infer(inputs, request), mask, pooling, prompt_lengths)
+
+    def _infer(self, inputs: dict[str, np.ndarray], request: object = None) -> np.ndarray:
+        # share_inputs: the arrays are fresh and not reused, so OpenVINO may read them in place
+        # (outputs are copies: share_outputs is off).
         if request is not None:
-            return request.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
+            return request.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT]
         own = self._requests.get()  # one per stream; the batcher runs at most that many passes at once
         try:
-            # share_inputs: the arrays are fresh and not reused, so OpenVINO may read them in place
-            # (outputs are copies: share_outputs is off).
-            return own.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT], mask
+            return own.infer(inputs, share_inputs=True)[HIDDEN_OUTPUT]
         finally:
             self._requests.put(own)
 
@@ -304,7 +307,7 @@ class OpenVINORuntime(Runtime):
     def hidden_mean(self, rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
         """Mean-pooled last hidden states, the quantity the precision gate compares (padded to exactly
         `length` where given)."""
-        return pool_padded_numpy(*self._hidden(rows, length=length), MEAN)
+        return self._pooled(rows, MEAN, length=length)
 
     def __call__(self, rows: Sequence[np.ndarray], prompt_lengths: PromptLengths = None) -> np.ndarray:
-        return self.head(pool_padded_numpy(*self._hidden(rows), self.spec.pooling, prompt_lengths))
+        return self.head(self._pooled(rows, self.spec.pooling, prompt_lengths))
