@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $@
 
 # Order-only on the venv: a reinstall does not redo the export; a changed exporter does.
-$(MODEL_IR): predictor/export.py | $(STAMP)
+$(MODEL_IR): predictor/export.py predictor/packed_graph.py predictor/packed_layout.py predictor/bert.py | $(STAMP)
 	$(VENV)/bin/kembed-export "$$($(PY) -c 'from kembed.cli import bundled_model_dir; print(bundled_model_dir())')" \
 		--output $(MODEL_CACHE)
 

@@ -4,7 +4,8 @@
         [--batch_sizes 16,32,64] [--backend auto] [--dtype auto] [--model_dir auto] [-- extra predictor flags]
 
 First, in this process, every runtime this machine has (transformers fp32, native fp32/bf16, OpenVINO
-fp32/bf16 where the model dir has the IR, int8 where it or .cache/models/all-minilm-l6-v2-int8 has one;
+fp32/bf16 where the model dir has the IR, padded and packed (kembed's packed IR, where it has one),
+int8 where it or .cache/models/all-minilm-l6-v2-int8 has one;
 `make setup` and `make test` export them) embeds the
 same corpus in length-sorted batches of the best size: texts/s and min cosine to transformers fp32 (what
 sentence-transformers computes). Then the predictor serves the corpus with `--backend/--dtype` at
@@ -39,13 +40,15 @@ PER_REQUEST = (1, 32)
 CONCURRENCY = (1, 8, 16, 32)  # 8 and 16: candidates for the manifests' scaleTarget
 EXPORTED = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup` (kembed-export)
 EXPORTED_INT8 = ROOT / ".cache" / "models" / "all-minilm-l6-v2-int8"  # `make test` (kembed-export --int8)
-RUNTIMES = [
-    ("transformers", "float32"),
-    ("native", "float32"),
-    ("native", "bfloat16"),
-    ("openvino", "float32"),
-    ("openvino", "bfloat16"),
-    ("openvino", "int8"),  # from EXPORTED_INT8 when the model dir has no int8 IR
+RUNTIMES = [  # (backend, dtype, OpenVINO layout)
+    ("transformers", "float32", ""),
+    ("native", "float32", ""),
+    ("native", "bfloat16", ""),
+    ("openvino", "float32", "padded"),
+    ("openvino", "float32", "packed"),
+    ("openvino", "bfloat16", "padded"),
+    ("openvino", "bfloat16", "packed"),
+    ("openvino", "int8", "padded"),  # from EXPORTED_INT8 when the model dir has no int8 IR
 ]
 
 
@@ -53,7 +56,7 @@ def v2_body(texts: list[str]) -> bytes:
     return orjson.dumps({"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]})
 
 
-def served(corpus: list[str], seconds: float, flags: list[str]) -> tuple[list[dict], str]:
+def served(corpus: list[str], seconds: float, flags: list[str]) -> tuple[list[dict], str, str]:
     log = Path(tempfile.mkdtemp()) / "predictor.log"
     server = start_server("predictor", ["--model_name", MODEL, *flags], log, ready_path=f"/v2/models/{MODEL}/ready")
     rows = []
@@ -82,11 +85,13 @@ def served(corpus: list[str], seconds: float, flags: list[str]) -> tuple[list[di
                 print(rows[-1], flush=True)
     finally:
         server.stop()
-    loaded = next((line for line in server.log().splitlines() if "loaded " in line), "")
-    return rows, loaded[loaded.find("loaded ") :]
+    log = server.log()
+    loaded = next((line for line in log.splitlines() if "loaded " in line), "")
+    layout = next((line.split("openvino: ")[1].split()[0] for line in log.splitlines() if "openvino: " in line), "")
+    return rows, loaded[loaded.find("loaded ") :], layout
 
 
-def load(model_dir: Path, backend: str, dtype: str):
+def load(model_dir: Path, backend: str, dtype: str, layout: str = ""):
     """A runtime as the predictor builds it (same gate, same threads), or None where this machine lacks it."""
     from kembed.model_spec import read_model_spec
     from kembed.tokenization import TextTokenizer
@@ -98,9 +103,10 @@ def load(model_dir: Path, backend: str, dtype: str):
     tokenizer = TextTokenizer.for_model(spec)
     try:
         runtime = load_runtime(spec, backend, "cpu", resolve_dtype(dtype, "cpu"), fit_thread_count(),
-                               tokenizer.pad_id, tokenizer.encode(GATE_TEXTS), dtype_required=dtype != "auto")
+                               tokenizer.pad_id, tokenizer.encode(GATE_TEXTS), dtype_required=dtype != "auto",
+                               openvino_layout=layout or "auto")
     except (FileNotFoundError, ModuleNotFoundError, RuntimeError) as error:
-        print(f"{backend} {dtype}: not measured ({str(error).splitlines()[0]})", flush=True)
+        print(f"{backend} {dtype} {layout}: not measured ({str(error).splitlines()[0]})", flush=True)
         return None, tokenizer
     return runtime, tokenizer
 
@@ -144,22 +150,25 @@ def window_limit(runtime, rows: list, window: int, pass_cost: float, count: int 
     return asyncio.run(run())
 
 
-def runtime_table(model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ...]) -> dict[tuple[str, str], dict]:
+def runtime_table(
+    model_dir: Path, corpus: list[str], batch_sizes: tuple[int, ...]
+) -> dict[tuple[str, str, str], dict]:
     from predictor.precision import min_cosine
 
-    results: dict[tuple[str, str], dict] = {}
+    results: dict[tuple[str, str, str], dict] = {}
     reference = None
     int8_here = (model_dir / "openvino" / "openvino_model_qint8_quantized.xml").is_file()
     int8_dir = model_dir if int8_here else EXPORTED_INT8
-    for backend, dtype in RUNTIMES:
-        runtime, tokenizer = load(int8_dir if dtype == "int8" else model_dir, backend, dtype)
+    for backend, dtype, layout in RUNTIMES:
+        runtime, tokenizer = load(int8_dir if dtype == "int8" else model_dir, backend, dtype, layout)
         if runtime is None:
             continue
         size, rate, vectors = in_process_limit(runtime, tokenizer.encode(corpus), batch_sizes)
         reference = vectors if reference is None else reference  # the first row: transformers fp32
-        results[(backend, dtype)] = {"batch": size, "texts/s": rate, "min cosine": min_cosine(reference, vectors),
-                                     "ran as": f"{runtime.backend} {runtime.dtype}"}
-        print(f"{backend} {dtype}: {rate:.1f} texts/s (batch {size})", flush=True)
+        ran_as = f"{runtime.backend} {runtime.dtype} {getattr(runtime, 'layout', '')}".strip()
+        results[(backend, dtype, layout)] = {"batch": size, "texts/s": rate, "ran as": ran_as,
+                                             "min cosine": min_cosine(reference, vectors)}
+        print(f"{backend} {dtype} {layout}: {rate:.1f} texts/s (batch {size})", flush=True)
         del runtime
     return results
 
@@ -184,31 +193,31 @@ def main() -> None:
     corpus = english_corpus(args.corpus_size)
     batch_sizes = tuple(int(size) for size in args.batch_sizes.split(","))
     flags = ["--model_dir", str(model_dir), "--backend", args.backend, "--dtype", args.dtype, *predictor_flags(extra)]
-    rows, loaded = served(corpus, args.seconds, flags)
+    rows, loaded, served_layout = served(corpus, args.seconds, flags)
     table = runtime_table(model_dir, corpus[: args.in_process_texts], batch_sizes)
 
     print(f"\nmodel dir {model_dir}; {len(corpus[: args.in_process_texts])} texts, length-sorted, best batch of "
           f"{batch_sizes}\n")
     print("| runtime | ran as | texts/s | batch | min cosine to transformers fp32 |")
     print("|---|---|---:|---:|---:|")
-    for (backend, dtype), result in table.items():
-        print(f"| {backend} {dtype} | {result['ran as']} | {result['texts/s']:.1f} | {result['batch']} "
+    for (backend, dtype, layout), result in table.items():
+        print(f"| {backend} {dtype} {layout} | {result['ran as']} | {result['texts/s']:.1f} | {result['batch']} "
               f"| {result['min cosine']:.6f} |")
 
-    baseline = table[("transformers", "float32")]["texts/s"]
+    baseline = table[("transformers", "float32", "")]["texts/s"]
     served_as = tuple(loaded.split("(", 1)[1].split(",")[:2]) if "(" in loaded else ()
     backend = served_as[0].replace(" backend", "").strip() if served_as else args.backend
     dtype = served_as[1].strip() if served_as else args.dtype
-    own = table.get((backend, dtype))
-    runtime, tokenizer = load(model_dir, backend, dtype)
+    own = table.get((backend, dtype, served_layout))
+    runtime, tokenizer = load(model_dir, backend, dtype, served_layout)
     token_rows = tokenizer.encode(corpus)
     limits = BatchLimits()
     speed = runtime.measure_speed(limits.max_batch_size, limits.max_batch_tokens, pass_cost=not runtime.packed)
     pass_cost = speed.pass_cost_tokens
     windows = {w: window_limit(runtime, token_rows, w, pass_cost) for w in sorted({r["window"] for r in rows})}
     print(f"\nserved: {loaded}")
-    print(f"transformers fp32 in-process limit {baseline:.1f} texts/s; {backend} {dtype} in-process limit "
-          f"{own['texts/s'] if own else float('nan'):.1f} texts/s; pass cost {pass_cost:.0f} tokens\n")
+    print(f"transformers fp32 in-process limit {baseline:.1f} texts/s; {backend} {dtype} {served_layout} "
+          f"in-process limit {own['texts/s'] if own else float('nan'):.1f} texts/s; pass cost {pass_cost:.0f} tokens\n")
     print("| texts/request | concurrency | texts/s | p50 ms | p90 ms | p99 ms | x transformers fp32 limit "
           "| % of own limit | window limit texts/s | % of window limit |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

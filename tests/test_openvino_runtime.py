@@ -35,12 +35,53 @@ def embed(runtime: OpenVINORuntime, rows: list[np.ndarray], batch: int) -> np.nd
 def test_streams_and_length_padding_give_the_same_vectors(model_dir: Path) -> None:
     spec = read_model_spec(model_dir)
     rows = TextTokenizer.for_model(spec).encode(english_corpus(96))
-    plain = OpenVINORuntime(spec, "float32", 2, hint="latency", pad_to_multiple_of=1)
-    served = OpenVINORuntime(spec, "float32", 2, hint="throughput", pad_to_multiple_of=16)
+    plain = OpenVINORuntime(spec, "float32", 2, hint="latency", pad_to_multiple_of=1, layout="padded")
+    served = OpenVINORuntime(spec, "float32", 2, hint="throughput", pad_to_multiple_of=16, layout="padded")
     assert plain.parallel_passes == 1
     assert served.parallel_passes == served.streams >= 1
     assert served.batch_cost([17, 3]) == 2 * 32 and plain.batch_cost([17, 3]) == 2 * 17
     assert min_cosine(embed(plain, rows, 16), embed(served, rows, 7)) >= 0.99999
+
+
+def test_packed_and_padded_layouts_give_the_same_vectors(model_dir: Path) -> None:
+    """kembed's packed IR (linear layers on real tokens, attention on two grids) computes what the
+    padded IR computes, on mixed lengths in one batch: fp32 exactly, bf16 within its gate."""
+    assert (model_dir / "openvino" / "kembed_packed.xml").is_file(), "run `make setup` (kembed-export writes it)"
+    spec = read_model_spec(model_dir)
+    rows = TextTokenizer.for_model(spec).encode(english_corpus(96))
+    padded = OpenVINORuntime(spec, "float32", 2, layout="padded", pad_to_multiple_of=1)
+    packed = OpenVINORuntime(spec, "float32", 2, layout="auto")
+    assert (padded.layout, packed.layout) == ("padded", "packed")
+    reference = embed(padded, rows, 16)
+    for batch in (1, 7, 32):  # one row; a long row among short ones; many
+        assert min_cosine(reference, embed(packed, rows, batch)) >= 0.99999
+    bf16 = OpenVINORuntime(spec, "bfloat16", 2, layout="packed", dtype_required=False)
+    if bf16.dtype == "bfloat16":
+        assert min_cosine(reference, embed(bf16, rows, 32)) >= 0.999
+    # the batcher's cost: padded pays rows x longest, packed its tokens and its attention grids
+    assert padded.batch_cost([16] * 15 + [256]) == 16 * 256
+    assert packed.batch_cost([16] * 15 + [256]) < 2 * (15 * 16 + 256)
+
+
+def test_layout_choice_and_its_errors(model_dir: Path, tmp_path: Path) -> None:
+    """auto: packed where its IR is; padded without it or for int8; packed asked for but missing is a
+    startup error naming the file and kembed-export."""
+    import shutil
+
+    from predictor.openvino_runtime import choose_layout
+
+    assert choose_layout(model_dir, "bfloat16", "auto") == "packed"
+    assert choose_layout(model_dir, "int8", "auto") == "padded"
+    assert choose_layout(model_dir, "float32", "padded") == "padded"
+    with pytest.raises(ValueError, match="int8 IR is padded"):
+        choose_layout(model_dir, "int8", "packed")
+    with pytest.raises(ValueError, match="layout"):
+        choose_layout(model_dir, "float32", "sideways")
+    bare = tmp_path / "model"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("kembed_packed.*"))
+    assert choose_layout(bare, "float32", "auto") == "padded"
+    with pytest.raises(FileNotFoundError, match=r"kembed_packed\.xml.*kembed-export"):
+        choose_layout(bare, "float32", "packed")
 
 
 def test_bad_settings_are_refused(model_dir: Path) -> None:

@@ -98,19 +98,22 @@ def serve(log_dir: Path, model_dir: Path | str, *flags: str, dtype: str = "auto"
     )
 
 
-# (model: bundled or exported, backend flag, dtype, backend and dtype the log must name, min cosine)
+# (model: bundled or exported, backend flag, dtype, backend and dtype the log must name, min cosine,
+# --openvino_layout and the layout the log must name)
 CASES = [
-    ("bundled", "native", "float32", "native", "float32", 0.99999),
-    ("bundled", "native", "bfloat16", "native", "bfloat16", 0.999),
-    ("bundled", "transformers", "float32", "transformers", "float32", 0.99999),
-    ("bundled", "auto", "auto", "native", NATIVE_BF16, 0.999),
-    ("exported", "openvino", "float32", "openvino", "float32", 0.99999),
-    ("exported", "openvino", "bfloat16", "openvino", "bfloat16", 0.999),
-    ("exported", "auto", "auto", "openvino", NATIVE_BF16, 0.999),
+    ("bundled", "native", "float32", "native", "float32", 0.99999, None),
+    ("bundled", "native", "bfloat16", "native", "bfloat16", 0.999, None),
+    ("bundled", "transformers", "float32", "transformers", "float32", 0.99999, None),
+    ("bundled", "auto", "auto", "native", NATIVE_BF16, 0.999, None),
+    ("exported", "openvino", "float32", "openvino", "float32", 0.99999, "auto:packed"),
+    ("exported", "openvino", "bfloat16", "openvino", "bfloat16", 0.999, "auto:packed"),
+    ("exported", "openvino", "float32", "openvino", "float32", 0.99999, "padded:padded"),
+    ("exported", "openvino", "bfloat16", "openvino", "bfloat16", 0.999, "padded:padded"),
+    ("exported", "auto", "auto", "openvino", NATIVE_BF16, 0.999, "auto:packed"),
 ]
 
 
-IDS = [f"{c[0]}-{c[1]}-{c[2]}" for c in CASES]
+IDS = [f"{c[0]}-{c[1]}-{c[2]}" + (f"-{c[6].split(':')[0]}" if c[6] else "") for c in CASES]
 
 
 class AheadOfTheirTests:
@@ -148,9 +151,10 @@ def runtime_servers(request, tmp_path_factory, exported) -> Iterator[AheadOfThei
     cases = dict(zip(IDS, CASES, strict=True))
 
     def start(case: str) -> Server:
-        model, backend, dtype, *_ = cases[case]
+        model, backend, dtype, *_, layout = cases[case]
         model_dir = exported if model == "exported" else bundled_model_dir()
-        return serve(logs / case, model_dir, "--backend", backend, dtype=dtype)
+        flags = ("--openvino_layout", layout.split(":")[0]) if layout else ()
+        return serve(logs / case, model_dir, "--backend", backend, *flags, dtype=dtype)
 
     selected = [item.callspec.id for item in request.session.items
                 if getattr(item, "originalname", "") == "test_every_runtime_matches_sentence_transformers"]
@@ -159,9 +163,10 @@ def runtime_servers(request, tmp_path_factory, exported) -> Iterator[AheadOfThei
     servers.close()
 
 
-@pytest.mark.parametrize(("model", "backend", "dtype", "log_backend", "log_dtype", "threshold"), CASES, ids=IDS)
+@pytest.mark.parametrize(("model", "backend", "dtype", "log_backend", "log_dtype", "threshold", "layout"), CASES,
+                         ids=IDS)
 def test_every_runtime_matches_sentence_transformers(
-    request, runtime_servers, reference, model, backend, dtype, log_backend, log_dtype, threshold
+    request, runtime_servers, reference, model, backend, dtype, log_backend, log_dtype, threshold, layout
 ):
     server = runtime_servers.take(request.node.callspec.id)
     try:
@@ -173,6 +178,8 @@ def test_every_runtime_matches_sentence_transformers(
     print(f"{model} {backend} {dtype}: min cosine {cosine:.6f} on {len(TEXTS)} texts")
     assert cosine >= threshold
     assert f"({log_backend} backend, {log_dtype}," in server.log()
+    if layout:
+        assert f"openvino: {layout.split(':')[1]} layout" in server.log()
     if backend == "auto":
         expected = "backend auto: openvino" if model == "exported" else "backend auto: torch (no "
         assert expected in server.log()
@@ -288,8 +295,10 @@ def test_export_writes_the_fp32_and_int8_irs_and_prints_their_min_cosine(tmp_pat
     assert re.search(r"int8 IR .* min cosine 0\.\d+, mean 0\.\d+", done.stdout), done.stdout
     assert "int8 IR at every padded length (multiples of 16): avoided lengths (below 0.99): " in done.stdout
     ir_dir = tmp_path / "out" / "openvino"
-    for name in ("openvino_model.xml", "openvino_model.bin", "kembed_gate.json",
-                 "openvino_model_qint8_quantized.xml", "openvino_model_qint8_quantized.bin", "kembed_gate_qint8.json"):
+    assert re.search(r"packed IR vs torch fp32 on \d+ gate texts in one batch: min cosine [01]\.\d+", done.stdout)
+    for name in ("openvino_model.xml", "openvino_model.bin", "kembed_gate.json", "kembed_packed.xml",
+                 "kembed_packed.bin", "openvino_model_qint8_quantized.xml", "openvino_model_qint8_quantized.bin",
+                 "kembed_gate_qint8.json"):
         assert (ir_dir / name).is_file(), name
     assert (tmp_path / "out" / "modules.json").is_file()  # --output is a full copy of the model
     gate = json.loads((ir_dir / "kembed_gate_qint8.json").read_text())
@@ -305,3 +314,38 @@ def test_int8_export_refuses_to_write_below_min_cosine(tmp_path, calibration, ca
     assert "refusing to write the int8 IR" in capsys.readouterr().err
     assert (tmp_path / "out" / "openvino" / "openvino_model.xml").is_file()  # the fp32 IR passed its own check
     assert not (tmp_path / "out" / "openvino" / "openvino_model_qint8_quantized.xml").exists()
+
+
+@pytest.mark.parametrize(("kind", "pooling", "include_prompt"), [("bert", "cls", False), ("xlm-roberta", "mean", True)])
+def test_packed_ir_of_a_bert_family_model_matches_sentence_transformers(tmp_path, kind, pooling, include_prompt):
+    """kembed-export's packed IR for other BERT-family checkpoints (roberta's position offset, CLS
+    pooling with the prompt left out), against sentence-transformers itself, in fp32."""
+    from sentence_transformers import SentenceTransformer
+
+    from predictor.openvino_runtime import OpenVINORuntime
+
+    prompt = "query: "
+    model_dir = st_model(tmp_path / "model", backbone(tmp_path / "backbone", kind=kind, initializer_range=0.1),
+                         pooling=pooling, include_prompt=include_prompt, prompts={"query": prompt}, max_seq_length=128)
+    done = export(str(model_dir), tmp_path / "out")
+    assert done.returncode == 0, done.stdout + done.stderr
+    spec = read_model_spec(tmp_path / "out")
+    tokenizer = TextTokenizer.for_model(spec)
+    runtime = OpenVINORuntime(spec, "float32", 2, tokenizer.pad_id)
+    assert runtime.layout == "packed"
+    texts = TEXTS[:48]
+    rows = tokenizer.encode(texts, prompt=prompt)
+    got = np.concatenate([runtime(rows[i : i + 16], [tokenizer.prompt_length(prompt)] * len(rows[i : i + 16]))
+                          for i in range(0, len(rows), 16)])
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    expected = st.encode(texts, prompt=prompt, normalize_embeddings=False)
+    assert min_cosine(expected, got) >= 0.99999
+
+
+def test_export_of_a_model_bert_py_cannot_build_writes_no_packed_ir(tmp_path):
+    model_dir = st_model(tmp_path / "model", backbone(tmp_path / "backbone", kind="modernbert", initializer_range=0.1))
+    done = export(str(model_dir), tmp_path / "out")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no packed IR (model_type 'modernbert'" in done.stdout
+    assert (tmp_path / "out" / "openvino" / "openvino_model.xml").is_file()
+    assert not (tmp_path / "out" / "openvino" / "kembed_packed.xml").exists()
