@@ -54,7 +54,7 @@ class EmbeddingModel(Model):
             self.spec, settings.backend, self.device, dtype, threads, self.tokenizer.pad_id,
             gate_rows=gate_tokenizer.encode(GATE_TEXTS), dtype_required=settings.dtype != "auto",
             openvino_hint=settings.openvino_hint, pad_to_multiple_of=settings.pad_to_multiple_of,
-            openvino_cache_dir=settings.openvino_cache_dir,
+            openvino_cache_dir=settings.openvino_cache_dir, openvino_shape_cache=settings.openvino_shape_cache,
             openvino_layout=settings.openvino_layout,
         )
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its

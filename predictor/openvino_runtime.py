@@ -34,7 +34,6 @@ from predictor.packed_layout import PACKED_INPUTS, packed_cost, packed_inputs, p
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
 from predictor.precision import CPUINFO, MIN_COSINE, cpu_flags, min_cosine, passes_gate, synthetic_gate_rows
-from predictor.resources import onednn_cache_capacity
 from predictor.runtime import Runtime
 
 logger = logging.getLogger("kembed.predictor")
@@ -145,7 +144,7 @@ class OpenVINORuntime(Runtime):
     Batches are padded to a multiple of `pad_to_multiple_of` tokens: a dynamic-shape model compiles
     kernels per input shape, and fewer shapes repeat more often (faster, bounded memory).
     `layout` packed serves kembed's packed IR (packed_layout.py): a batch then costs its tokens plus
-    its attention grid instead of rows x longest, so mixed lengths batch together."""
+    its attention grids instead of rows x longest, so mixed lengths batch together."""
 
     backend = "openvino"
     packed = False
@@ -163,6 +162,7 @@ class OpenVINORuntime(Runtime):
         pad_to_multiple_of: int = 16,
         cache_dir: str = "",
         layout: str = "auto",
+        shape_cache: int = 1024,
     ):
         import openvino as ov
 
@@ -175,6 +175,7 @@ class OpenVINORuntime(Runtime):
         self.threads = threads
         self.hint = hint
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.shape_cache = shape_cache
         self.head = Head(spec.head)
         path = ir_path(spec.model_dir, dtype)
         if not path.is_file():
@@ -213,8 +214,8 @@ class OpenVINORuntime(Runtime):
             "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": self.hint.upper(),
-            # compiled kernels per input shape, 5000 by default: bounded like torch's oneDNN cache
-            "CPU_RUNTIME_CACHE_CAPACITY": onednn_cache_capacity(),
+            # prepared kernels per input shape (5000 by default; the packed IR meets many shapes)
+            "CPU_RUNTIME_CACHE_CAPACITY": self.shape_cache,
         })
 
     def _compile_requests(self, precision: str) -> None:

@@ -41,14 +41,6 @@ def fix_mmap_threshold(threshold_bytes: int) -> bool:
         return False
 
 
-def onednn_cache_capacity(default: int = 32) -> int:
-    """The bound set by `bound_onednn_cache` (the same bound for OpenVINO's CPU kernel cache)."""
-    try:
-        return int(os.environ.get(ONEDNN_CACHE_VARIABLE, default))
-    except ValueError:
-        return default
-
-
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
