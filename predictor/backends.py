@@ -57,16 +57,17 @@ def load_runtime(
     openvino_cache_dir: str = "",
     openvino_shape_cache: int = 1024,
     openvino_layout: str = "auto",
+    openvino_lone_pass: bool = True,
 ) -> Runtime:
     """The runtime, loaded; a reduced `dtype` has passed the precision gate (or, when not
-    `dtype_required`, fell back to float32). The last five are the OpenVINO runtime's."""
+    `dtype_required`, fell back to float32). The last six are the OpenVINO runtime's."""
     chosen = choose_backend(backend, device, dtype, spec)
     if chosen == "openvino":
         from predictor.openvino_runtime import OpenVINORuntime
 
         return OpenVINORuntime(spec, dtype, threads, pad_id, gate_rows, dtype_required, openvino_hint,
                                pad_to_multiple_of, openvino_cache_dir, openvino_layout,
-                               openvino_shape_cache)
+                               openvino_shape_cache, openvino_lone_pass)
     import torch
 
     from predictor.encoder import Encoder

@@ -55,7 +55,7 @@ class EmbeddingModel(Model):
             gate_rows=gate_tokenizer.encode(GATE_TEXTS), dtype_required=settings.dtype != "auto",
             openvino_hint=settings.openvino_hint, pad_to_multiple_of=settings.pad_to_multiple_of,
             openvino_cache_dir=settings.openvino_cache_dir, openvino_shape_cache=settings.openvino_shape_cache,
-            openvino_layout=settings.openvino_layout,
+            openvino_layout=settings.openvino_layout, openvino_lone_pass=settings.openvino_lone_pass,
         )
         # The pass cost decides which lengths may share a padded batch; a packed batch costs its
         # tokens whatever the lengths, so there is nothing to measure (and the start is faster).

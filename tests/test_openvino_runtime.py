@@ -1,5 +1,6 @@
-"""The OpenVINO runtime's serving settings change speed, never vectors: streams (parallel passes) and
-padding to a multiple of 16 tokens give what one stream padded to the longest row gives."""
+"""The OpenVINO runtime's serving settings change speed, never vectors: streams (parallel passes),
+padding to a multiple of 16 tokens and the lone-pass compilation (all threads in one stream) give what
+one stream padded to the longest row gives."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from kembed.corpus import english_corpus
 from kembed.launch import ROOT
 from kembed.model_spec import read_model_spec
 from kembed.tokenization import TextTokenizer
-from predictor.openvino_runtime import OpenVINORuntime, cpu_cache_key
+from predictor.openvino_runtime import OpenVINORuntime, cpu_cache_key, packed_ir_path
 from predictor.precision import min_cosine
 
 EXPORTED = ROOT / ".cache" / "models" / "all-minilm-l6-v2"  # `make setup` exports it (kembed-export)
+EXPORTED_INT8 = ROOT / ".cache" / "models" / "all-minilm-l6-v2-int8"  # `make test`: ... --int8 too
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,45 @@ def test_the_predictor_knob_reaches_the_runtime(model_dir: Path, tmp_path: Path)
                                  openvino_cache_dir=str(tmp_path))
     assert EmbeddingModel("m", settings).load()
     assert list(tmp_path.glob("cpu-*/*.blob"))
+
+
+@pytest.mark.parametrize("case", ["padded", "packed", "int8"])
+def test_a_lone_pass_runs_on_all_threads_and_gives_what_parallel_passes_give(model_dir: Path, case: str) -> None:
+    """A pass with none other in flight runs on the latency compilation (1 stream of every thread, as
+    OpenVINO itself reports, and its request holds the last batch's output); passes that overlap run
+    on the streams; both compute the same vectors, in both IR layouts and the int8 IR."""
+    if case == "packed":
+        assert packed_ir_path(model_dir).is_file(), "run `make setup` (kembed-export writes it)"
+    if case == "int8":
+        assert (EXPORTED_INT8 / "openvino").is_dir(), "run `make test` (it exports the int8 IR)"
+        model_dir = EXPORTED_INT8
+    spec = read_model_spec(model_dir)
+    rows = TextTokenizer.for_model(spec).encode(english_corpus(64))
+    runtime = OpenVINORuntime(spec, "int8" if case == "int8" else "float32", 2,
+                              layout="packed" if case == "packed" else "padded")
+    assert runtime.layout == ("packed" if case == "packed" else "padded")
+    assert runtime.streams == 2 and runtime.lone_request is None  # compiled after ready, by the first lone pass
+    runtime.warm_up()
+    assert runtime.lone_request is None  # warm-up and measurements run on the streams
+    runtime(rows[:1])
+    lone_request = runtime.lone_request.result(timeout=120)
+    compiled = lone_request.get_compiled_model()
+    assert int(compiled.get_property("NUM_STREAMS")) == 1 and int(compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+
+    batches = [rows[start : start + 7] for start in range(0, len(rows), 7)]
+    before = runtime.lone_passes
+    lone = np.concatenate([runtime(batch) for batch in batches])
+    assert runtime.lone_passes - before == len(batches)
+    assert lone_request.get_output_tensor(0).shape[0] == len(batches[-1])  # OpenVINO ran the last batch there
+    before = runtime.lone_passes
+    parallel = embed(runtime, rows, 7)
+    assert runtime.lone_passes - before < len(batches)  # passes that overlapped ran on the streams
+    assert min_cosine(lone, parallel) >= 0.99999
+
+
+def test_lone_pass_off_keeps_every_pass_on_the_streams(model_dir: Path) -> None:
+    spec = read_model_spec(model_dir)
+    for runtime in (OpenVINORuntime(spec, "float32", 2, lone_pass=False),
+                    OpenVINORuntime(spec, "float32", 2, hint="latency")):  # one stream has every thread already
+        runtime([np.arange(1000, 1010)])
+        assert runtime.lone_request is None and runtime.lone_passes == 0
