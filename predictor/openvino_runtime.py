@@ -38,7 +38,7 @@ from predictor.packed_layout import PACKED_INPUTS, packed_cost, packed_inputs, p
 from predictor.pooling import PromptLengths, pool_padded_numpy
 from predictor.postprocess import Head
 from predictor.precision import CPUINFO, MIN_COSINE, cpu_flags, min_cosine, passes_gate, synthetic_gate_rows
-from predictor.runtime import Runtime
+from predictor.runtime import Runtime, Speed
 
 logger = logging.getLogger("kembed.predictor")
 
@@ -382,17 +382,11 @@ class OpenVINORuntime(Runtime):
             return packed_cost(lengths, self.pad_to_multiple_of, self.spec.hidden_size)
         return super().batch_cost(lengths)
 
-    def warm_up(self) -> None:
-        with self._streams_only():  # the lone request warms up where it is compiled, after ready
-            super().warm_up()
-
-    def measure_pass_cost_tokens(self, repeats: int = 2) -> float:
+    def measure_speed(self, max_batch_size: int, max_batch_tokens: int, pass_cost: bool = True) -> Speed:
+        """Measured on the streams: the batcher's figures are about load, when the streams serve (the
+        lone request warms up where it is compiled, after ready)."""
         with self._streams_only():
-            return super().measure_pass_cost_tokens(repeats)
-
-    def measure_seconds_per_token(self, max_batch_size: int, max_batch_tokens: int) -> float:
-        with self._streams_only():
-            return super().measure_seconds_per_token(max_batch_size, max_batch_tokens)
+            return super().measure_speed(max_batch_size, max_batch_tokens, pass_cost)
 
     def hidden_mean(self, rows: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
         """Mean-pooled last hidden states, the quantity the precision gate compares (padded to exactly
