@@ -41,7 +41,7 @@ NATIVE_BF16 = "bfloat16" if cpu_has_native_bf16() else "float32"  # what `auto` 
 def export(model_dir: str, output: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "predictor.export", model_dir, "--output", str(output), *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=900,  # NNCF draws progress bars
     )
 
 
