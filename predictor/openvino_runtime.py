@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import locale
 import logging
 import queue
 import threading
@@ -231,14 +232,16 @@ class OpenVINORuntime(Runtime):
         self._lone_wanted = lone_pass and self.hint == "throughput" and self.streams > 1
         self._lone_ok = True
 
-    def _compile(self, precision: str, ir: object = None, hint: str | None = None) -> object:
-        """The IR (or another) compiled with this inference precision and the performance hint."""
+    def _compile(self, precision: str, ir: object = None, hint: str | None = None, cache: bool = True) -> object:
+        """The IR (or another) compiled with this inference precision and the performance hint
+        (`cache` False: not through the compile cache, when there is one)."""
         return self._core.compile_model(ir or self._ir, "CPU", {
             "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": (hint or self.hint).upper(),
             # prepared kernels per input shape (5000 by default; the packed IR meets many shapes)
             "CPU_RUNTIME_CACHE_CAPACITY": self.shape_cache,
+            **({} if cache else {"CACHE_DIR": ""}),
         })
 
     def _compile_requests(self, precision: str) -> None:
@@ -260,11 +263,16 @@ class OpenVINORuntime(Runtime):
         started = time.perf_counter()
 
         def compile_and_warm() -> object:
-            request = self._compile(self.precision_hint, hint="latency").create_infer_request()
-            longest = min(16, self.spec.max_seq_length)
-            self._pooled([np.full(length, self.pad_id, dtype=np.int64) for length in (longest, max(1, longest - 4))],
-                         MEAN, request=request)
-            return request
+            process_locale = locale.setlocale(locale.LC_ALL)
+            try:
+                request = self._compile(self.precision_hint, hint="latency", cache=False).create_infer_request()
+                longest = min(16, self.spec.max_seq_length)
+                warm = [np.full(length, self.pad_id, dtype=np.int64) for length in (longest, max(1, longest - 4))]
+                self._pooled(warm, MEAN, request=request)
+                return request
+            finally:  # OpenVINO on this second thread left the process's locale at "C": Python then read
+                # UTF-8 files as ASCII (tests saw it beside other runtimes' compile caches)
+                locale.setlocale(locale.LC_ALL, process_locale)
 
         def log(done: Future[object]) -> None:
             if done.exception() is not None:
