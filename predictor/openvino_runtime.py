@@ -222,13 +222,14 @@ class OpenVINORuntime(Runtime):
         self.lone_passes = 0
         self.lone_request: Future[object] | None = None
         self._compile_requests(self.precision_hint)
-        # One pass before any are concurrent: OpenVINO's Python binding initializes statics on its first
-        # infer, and two first infers at once deadlocked (a C++ static guard against the GIL).
-        self._pooled([np.full(2, pad_id, dtype=np.int64)], MEAN)
+        # Passes here, before any are concurrent: OpenVINO's Python binding initializes statics on its
+        # first infer, and two first infers at once deadlocked (a C++ static guard against the GIL).
         if dtype in ("bfloat16", "int8"):
             # int8 has no fallback of its own (its IR is quantized): it passes the gate or does not start.
             required = dtype_required or dtype == "int8"
             self._gate(dtype, gate_rows or synthetic_gate_rows(spec.vocab_size), required)
+        else:
+            self._pooled([np.full(2, pad_id, dtype=np.int64)], MEAN)
         self._lone_wanted = lone_pass and self.hint == "throughput" and self.streams > 1
         self._lone_ok = True
 
