@@ -106,6 +106,7 @@ class EdgeModelServer(ModelServer):
                  http_protocol: type | None = None, **kwargs: Any):
         super().__init__(grpc_port=grpc_port, enable_grpc=False, **kwargs)
         self.http_protocol = http_protocol
+        self.http_app: Any = None  # what uvicorn serves in place of kserve's app (transport.edge_app)
         self.dataplane = EdgeDataPlane(self.registered_models)
         self.kembed_grpc = (grpc_port, grpc_options) if enable_grpc else None
         self.grpc_server: GRPCServer | None = None
@@ -120,10 +121,14 @@ class EdgeModelServer(ModelServer):
 
     def setup_event_loop(self) -> None:
         """kserve builds its uvicorn config in start() and serves right after this: the place to
-        put kembed's read timeouts (`kembed.read_timeouts`) on it; kserve exposes only keep-alive."""
+        put kembed's read timeouts (`kembed.read_timeouts`) on it (kserve exposes only keep-alive),
+        and kembed's edge around kserve's app (uvicorn loads `config.app` when it starts serving)."""
         super().setup_event_loop()
-        if self.http_protocol is not None and self._rest_server is not None:
-            self._rest_server.config.http = self.http_protocol
+        if self._rest_server is not None:
+            if self.http_protocol is not None:
+                self._rest_server.config.http = self.http_protocol
+            if self.http_app is not None:
+                self._rest_server.config.app = self.http_app
 
     def stop(self, sig: int) -> None:
         super().stop(sig)
@@ -154,7 +159,10 @@ def serve(model: Model, args: argparse.Namespace, predictor_config: PredictorCon
         predictor_config=predictor_config,
         http_protocol=timed_protocol(args.header_timeout_seconds, args.body_timeout_seconds),
     )
-    transport.install(model_server.app, model.name, args.max_body_bytes, server.dataplane)
+    transport.install(model_server.app, server.dataplane)
+    # With the access log on, infer goes through the app's middleware, where kserve's timing lines are.
+    server.http_app = transport.edge_app(model_server.app, model.name, args.max_body_bytes, server.dataplane,
+                                         fast_infer=not args.access_log)
     if not args.access_log:  # its timing lines are part of the access log
         transport.without_request_timing(model_server.app)
     model_server.app.add_exception_handler(ClientDisconnect, client_disconnect_handler)

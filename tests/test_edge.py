@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from kserve import Model
-from kserve.errors import InvalidInput, invalid_input_handler
+from kserve.errors import InvalidInput, ModelNotFound, invalid_input_handler, model_not_found_handler
 from kserve.inference_client import InferenceGRPCClient
 from kserve.model_repository import ModelRepository
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -77,13 +77,16 @@ def dataplane_for(model: Model) -> EdgeDataPlane:
     return EdgeDataPlane(registry)
 
 
-def rest_app(model: Model, dataplane: EdgeDataPlane) -> httpx.AsyncClient:
-    app = FastAPI()
-    transport.install(app, model.name, 1 << 20, dataplane)
+def rest_app(model: Model, dataplane: EdgeDataPlane, fast_infer: bool = True, app: FastAPI | None = None
+             ) -> httpx.AsyncClient:
+    app = app or FastAPI()
+    transport.install(app, dataplane)
     app.add_exception_handler(InvalidInput, invalid_input_handler)  # what kserve's RESTServer adds
+    app.add_exception_handler(ModelNotFound, model_not_found_handler)
     if isinstance(model, EmbeddingTransformer):
         openai_api.install(app, model)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge", timeout=30)
+    edge = transport.edge_app(app, model.name, 1 << 20, dataplane, fast_infer=fast_infer)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=edge), base_url="http://edge", timeout=30)
 
 
 @asynccontextmanager
@@ -220,6 +223,40 @@ def test_client_errors_are_400_counted_and_logged_as_one_line_over_grpc_and_rest
     assert len(lines) == 2, "kserve's interceptor and its REST handler each log the refusal"
     assert all(r.exc_info is None and r.levelno == logging.INFO for r in lines)
     assert all(r.getMessage().startswith("400 InvalidInput: unknown input(s)") for r in lines)
+
+
+@pytest.mark.parametrize("fast_infer", [True, False])
+def test_v2_infer_skips_fastapis_stack_and_answers_as_the_routed_path(fast_infer: bool) -> None:
+    """The fast path answers infer in front of FastAPI (a middleware on the app never sees it, but
+    sees metadata), with the same bodies and statuses as the routed path, errors included."""
+    predictor = GatedModel(PREDICTOR)
+    predictor.gate.set()
+    app, seen = FastAPI(), []
+
+    @app.middleware("http")
+    async def record_path(request, call_next):
+        seen.append(request.url.path)
+        return await call_next(request)
+
+    async def run() -> list[tuple[int, dict]]:
+        answers = []
+        async with rest_app(predictor, dataplane_for(predictor), fast_infer, app) as rest:
+            for path, body in ((f"/v2/models/{PREDICTOR}/infer", v2_json(["a", "b"])),
+                               (f"/v2/models/{PREDICTOR}/infer", {"inputs": [{"name": "nope", "datatype": "BYTES",
+                                                                             "shape": [1], "data": ["x"]}]}),
+                               ("/v2/models/nobody/infer", v2_json(["a"]))):
+                response = await rest.post(path, json=body)
+                answers.append((response.status_code, response.json()))
+            assert (await rest.get(f"/v2/models/{PREDICTOR}")).status_code == 200
+        return answers
+
+    (ok, bad, missing) = asyncio.run(run())
+    assert ok[0] == 200 and ok[1]["outputs"][0]["shape"] == [2, 8]
+    assert bad[0] == 400 and "unknown input(s) ['nope']" in bad[1]["error"]
+    assert missing[0] == 404 and "nobody" in missing[1]["error"]
+    infer_seen = [path for path in seen if path.endswith("/infer")]
+    assert infer_seen == ([] if fast_infer else [f"/v2/models/{PREDICTOR}/infer"] * 2 + ["/v2/models/nobody/infer"])
+    assert f"/v2/models/{PREDICTOR}" in seen
 
 
 def middleware_classes(app: FastAPI) -> list[type]:
