@@ -102,6 +102,13 @@ def test_numbers_for_a_cpu_like_curve():
     assert "800 ms" in rec.reasoning["container_concurrency"]
 
 
+def test_max_replicas_is_at_least_two_so_the_at_max_alert_means_saturation():
+    small = recommend(Curve.from_dict(CPU_LIKE), Goal(slo_p99_ms=500, peak_rps=5))
+    assert small.max_replicas == 2 and "KembedAtMaxReplicas" in small.reasoning["max_replicas"]
+    two = recommend(Curve.from_dict(CPU_LIKE), Goal(slo_p99_ms=500, peak_rps=50))  # ceil(50 / 58.7 x 1.25) = 2
+    assert two.max_replicas == 2 and "At least" not in two.reasoning["max_replicas"]
+
+
 def test_texts_per_request_scales_the_peak_in_texts():
     curve = Curve.from_dict(CPU_LIKE)
     one = recommend(curve, Goal(slo_p99_ms=500, peak_rps=100))

@@ -12,6 +12,7 @@ from typing import Any
 from inferenceservices.planner.curve import Curve
 
 MIB = 1024 * 1024
+MIN_MAX_REPLICAS = 2  # the at-max-replicas alert needs room above one running pod
 
 
 class RecommendError(ValueError):
@@ -123,18 +124,21 @@ def recommend(curve: Curve, goal: Goal) -> Recommendation:
         f"{capacity:.1f}, so the load may grow {goal.burst_factor:g}x before a pod saturates, which covers the "
         f"{cold_start:.1f} s a new pod needs to start.")
 
-    # maxReplicas: the pods the peak needs at the target, plus a margin.
+    # maxReplicas: the pods the peak needs at the target, plus a margin; at least 2, so that the at-max alert
+    # (pods >= maxReplicas for 10 minutes) means a saturated service, not merely a running one.
     texts = goal.texts_per_request or curve.texts_per_request
     peak_in_curve_units = goal.peak_rps * texts / curve.texts_per_request
     needed = peak_in_curve_units / per_pod_rps
-    max_replicas = max(1, math.ceil(needed * (1 + goal.replica_margin)))
+    max_replicas = max(MIN_MAX_REPLICAS, math.ceil(needed * (1 + goal.replica_margin)))
+    floor_note = (f" At least {MIN_MAX_REPLICAS}: with one, KembedAtMaxReplicas would fire whenever a pod runs."
+                  if max_replicas == MIN_MAX_REPLICAS > math.ceil(needed * (1 + goal.replica_margin)) else "")
     scale_note = (f" The curve was measured at {curve.texts_per_request} texts per request and the peak has {texts}; "
                   "pods are sized by texts/s, but latencies are the curve's: measure at your request size for "
                   "exact ones." if texts != curve.texts_per_request else "")
     per_pod_peak_units = per_pod_rps * curve.texts_per_request / texts
     why["max_replicas"] = (
         f"{max_replicas}: {goal.peak_rps:g} req/s at peak / {per_pod_peak_units:.1f} req/s per pod at the target "
-        f"= {needed:.2f} pods, +{100 * goal.replica_margin:g} % margin, rounded up.{scale_note}")
+        f"= {needed:.2f} pods, +{100 * goal.replica_margin:g} % margin, rounded up.{floor_note}{scale_note}")
 
     # minReplicas and the last pod's retention: a pod that is started must live long enough to be worth it.
     if goal.max_cold_start_share == 0 or cold_start >= goal.timeout_s:
