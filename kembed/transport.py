@@ -200,7 +200,7 @@ class V2InferRoute:
 class V2InferFastPath:
     """`POST /v2/models/{name}/infer` straight to `V2InferRoute`, in front of Starlette: at one text
     per request, FastAPI's middleware layers, its router (a regex per kserve route) and its
-    dependency solving were a tenth of the event loop's CPU. Everything else goes to the app.
+    dependency solving were a tenth to a fifth of the event loop's CPU. Everything else goes to the app.
     An error is answered by the app's own handler for it (kserve's and kembed's), as Starlette's
     ExceptionMiddleware would; one with only the catch-all `Exception` handler is answered by it
     and raised on, as Starlette's ServerErrorMiddleware does, so the server logs it."""
