@@ -129,9 +129,10 @@ def recommend(curve: Curve, goal: Goal) -> Recommendation:
     texts = goal.texts_per_request or curve.texts_per_request
     peak_in_curve_units = goal.peak_rps * texts / curve.texts_per_request
     needed = peak_in_curve_units / per_pod_rps
-    max_replicas = max(MIN_MAX_REPLICAS, math.ceil(needed * (1 + goal.replica_margin)))
+    wanted = math.ceil(needed * (1 + goal.replica_margin))
+    max_replicas = max(MIN_MAX_REPLICAS, wanted)
     floor_note = (f" At least {MIN_MAX_REPLICAS}: with one, KembedAtMaxReplicas would fire whenever a pod runs."
-                  if max_replicas == MIN_MAX_REPLICAS > math.ceil(needed * (1 + goal.replica_margin)) else "")
+                  if wanted < MIN_MAX_REPLICAS else "")
     scale_note = (f" The curve was measured at {curve.texts_per_request} texts per request and the peak has {texts}; "
                   "pods are sized by texts/s, but latencies are the curve's: measure at your request size for "
                   "exact ones." if texts != curve.texts_per_request else "")
