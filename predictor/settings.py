@@ -35,7 +35,7 @@ class PredictorSettings(ServerSettings):
     openvino_lone_pass: bool = knob(True, "with the throughput hint, a pass that starts while no other runs takes a "
                                     "second compilation with all threads in one stream (compiled in the background "
                                     "by the first lone pass, after ready): c1 p50 ~0.7x, for up to ~180 MiB "
-                                    "more memory once large batches have run alone")
+                                    "more memory under sustained load")
     pad_to_multiple_of: int = knob(16, "OpenVINO pads a batch's length up to a multiple of this: fewer distinct "
                                    "shapes, whose compiled kernels it keeps (1 = the longest row)", unit="tokens")
     openvino_cache_dir: str = knob("", "OpenVINO's compile cache (CACHE_DIR): a start whose CPU, OpenVINO version, IR "
