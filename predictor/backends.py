@@ -65,9 +65,10 @@ def load_runtime(
     if chosen == "openvino":
         from predictor.openvino_runtime import OpenVINORuntime
 
-        return OpenVINORuntime(spec, dtype, threads, pad_id, gate_rows, dtype_required, openvino_hint,
-                               pad_to_multiple_of, openvino_cache_dir, openvino_layout,
-                               openvino_shape_cache, openvino_lone_pass)
+        return OpenVINORuntime(spec, dtype, threads, pad_id, gate_rows, dtype_required, hint=openvino_hint,
+                               pad_to_multiple_of=pad_to_multiple_of, cache_dir=openvino_cache_dir,
+                               layout=openvino_layout, shape_cache=openvino_shape_cache,
+                               lone_pass=openvino_lone_pass)
     import torch
 
     from predictor.encoder import Encoder
